@@ -1,0 +1,3 @@
+"""Build a training dataset; see `python scripts/dataset_tool.py --help`."""
+from stylegan_rlo.cli.dataset_tool import main
+main()

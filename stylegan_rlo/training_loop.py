@@ -1,0 +1,430 @@
+"""The training loop: data, networks (fresh or resumed), DDP, the phases of `training_step`, the ADA heuristic,
+ticks with stats/status lines, image grids and atomic network snapshots that a later run can resume."""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import io
+import json
+import os
+import time
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from torch_utils import misc
+from torch_utils.ops import conv2d_gradfix, grid_sample_gradfix
+
+from . import networks
+from .fileio import append_line
+from .images import save_image_grid
+from .loss import StyleGAN2Loss
+from .stats import StatsAccumulator, fan_out
+from .training_step import build_phases, training_step
+
+# ---------------------------------------------------------------------------------------------------------------
+# Small helpers.
+
+
+class RunLog:
+    """Status messages: printed (around the progress bar) on rank 0 and appended to log.txt in batches."""
+
+    def __init__(self, path: str | None, enabled: bool):
+        self.path = path
+        self.enabled = enabled
+        self._pending: list[str] = []
+
+    def __call__(self, message: str = "") -> None:
+        if not self.enabled:
+            return
+        tqdm.write(message)
+        self._pending.append(message)
+
+    def flush(self) -> None:
+        """Append everything printed since the last flush to log.txt (atomically)."""
+        if self.enabled and self.path is not None and self._pending:
+            append_line(self.path, "\n".join(self._pending))
+        self._pending = []
+
+
+def _cpu_mem_gb() -> float:
+    """Resident memory of this process in GiB (0 where /proc is unavailable)."""
+    try:
+        with open("/proc/self/statm", encoding="ascii") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2 ** 30
+    except (OSError, ValueError, IndexError):
+        return 0.0
+
+
+def _format_time(seconds: float) -> str:
+    s = int(np.rint(seconds))
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m {s % 60:02d}s"
+    if s < 86400:
+        return f"{s // 3600}h {(s // 60) % 60:02d}m {s % 60:02d}s"
+    return f"{s // 86400}d {(s // 3600) % 24:02d}h {(s // 60) % 60:02d}m"
+
+
+def setup_snapshot_image_grid(training_set, random_seed: int = 0, grid_size: tuple[int, int] | None = None
+                              ) -> tuple[tuple[int, int], np.ndarray, np.ndarray]:
+    """Grid (cols, rows) -- by default sized as upstream -- of randomly chosen reals (one label per row if labelled)."""
+    rnd = np.random.RandomState(random_seed)
+    if grid_size is None:
+        grid_size = (int(np.clip(7680 // training_set.image_shape[2], 7, 32)),
+                     int(np.clip(4320 // training_set.image_shape[1], 4, 32)))
+    gw, gh = grid_size
+    if not training_set.has_labels:
+        order = list(range(len(training_set)))
+        rnd.shuffle(order)
+        indices = [order[i % len(order)] for i in range(gw * gh)]
+    else:
+        groups: dict[tuple, list[int]] = {}
+        for idx in range(len(training_set)):
+            groups.setdefault(tuple(training_set.get_label(idx).flat[::-1]), []).append(idx)
+        keys = sorted(groups)
+        for key in keys:
+            rnd.shuffle(groups[key])
+        indices = []
+        for y in range(gh):
+            members = groups[keys[y % len(keys)]]
+            indices += [members[x % len(members)] for x in range(gw)]
+            groups[keys[y % len(keys)]] = [members[(i + gw) % len(members)] for i in range(len(members))]
+    images, labels = zip(*[training_set[i] for i in indices])
+    return (gw, gh), np.stack(images), np.stack(labels)
+
+
+def _generate_grid(G_ema, grid_z, grid_c, force_fp32: bool) -> torch.Tensor:
+    with torch.no_grad():
+        return torch.cat([G_ema(z=z, c=c, noise_mode="const", force_fp32=force_fp32).cpu()
+                          for z, c in zip(grid_z, grid_c)])
+
+
+def _broadcast_from_rank0(tensors) -> None:
+    for tensor in tensors:
+        torch.distributed.broadcast(tensor, src=0)
+
+
+def _load_resume(resume_pkl: str, trust_pickle: bool, G, D, G_ema, log: RunLog) -> dict:
+    """Copy the resume pickle's networks into ours (built from its kwargs); return its 'progress' (or {})."""
+    from .pickles import load_network_pkl
+    log(f'Resuming from "{resume_pkl}"')
+    data = load_network_pkl(resume_pkl, trust_pickle=trust_pickle)
+    for name, module in [("G", G), ("D", D), ("G_ema", G_ema)]:
+        source = data.get(name) if data.get(name) is not None else data["G"]
+        misc.copy_params_and_buffers(source, module, require_all=True)
+    return dict(data.get("progress") or {})
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The loop.
+
+def training_loop(
+    run_dir: str = ".",                      # Output directory (log.txt, stats.jsonl, images, snapshots).
+    training_set_kwargs: dict | None = None,  # ImageFolderDataset kwargs (+ class_name, recorded in snapshots).
+    data_loader_kwargs: dict | None = None,   # torch.utils.data.DataLoader options (num_workers).
+    G_kwargs: dict | None = None,             # networks.Generator constructor kwargs (complete).
+    D_kwargs: dict | None = None,             # networks.Discriminator constructor kwargs (complete).
+    G_opt_kwargs: dict | None = None,         # Adam lr / betas / eps for G.
+    D_opt_kwargs: dict | None = None,         # Adam lr / betas / eps for D.
+    augment_kwargs: dict | None = None,       # augment.AugmentPipe kwargs; None = no augmentation.
+    loss: str = "rooted",                     # Adversarial objective: 'logistic' or 'rooted'.
+    k: float | None = 8.0,                    # Root of the rooted objective.
+    loss_kwargs: dict | None = None,          # Further StyleGAN2Loss kwargs (r1_gamma, pl_weight, ...).
+    metrics: list | tuple = (),               # Metric names evaluated at every network snapshot.
+    metrics_num: int | None = None,           # Generated images per metric (None = the metric's default).
+    random_seed: int = 0,                     # Global seed.
+    num_gpus: int = 1,                        # Number of processes (ranks) training together.
+    rank: int = 0,                            # This process's rank in [0, num_gpus).
+    local_rank: int | None = None,            # CUDA device index of this process (default: rank).
+    device: str = "cpu",                      # 'cpu' or 'cuda'.
+    batch_size: int = 4,                      # Total batch per iteration over all ranks.
+    batch_gpu: int = 4,                       # Samples per forward pass of one rank.
+    ema_kimg: float = 10,                     # G_ema half-life in thousands of images.
+    ema_rampup: float | None = None,          # EMA ramp-up coefficient (None = no ramp-up).
+    G_reg_interval: int | None = 4,           # Lazy regularization interval for G (None = every step, Gboth).
+    D_reg_interval: int | None = 16,          # Lazy regularization interval for D (None = every step, Dboth).
+    augment_p: float = 0,                     # Initial augmentation probability.
+    ada_target: float | None = None,          # ADA target for the mean sign of real logits (None = fixed p).
+    ada_interval: int = 4,                    # Iterations between ADA adjustments.
+    ada_kimg: float = 500,                    # kimg for p to move by one unit.
+    total_kimg: float = 25000,                # Training length (absolute, continues across resumes).
+    kimg_per_tick: float = 4,                 # Status/stat interval.
+    image_snapshot_ticks: int | None = 50,    # Ticks between fakes grids (None = never).
+    network_snapshot_ticks: int | None = 50,  # Ticks between network snapshots (None = never).
+    resume_pkl: str | None = None,            # Pickle (path or URL) to start from; ours continue their progress.
+    trust_pickle: bool = False,               # Execute code embedded in the resume pickle (trusted files only).
+    cudnn_benchmark: bool = True,             # torch.backends.cudnn.benchmark.
+    allow_tf32: bool = False,                 # TF32 matmul/convolutions on Ampere+ GPUs.
+    abort_fn: Callable[[], bool] | None = None,           # Checked every tick; True stops after a final snapshot.
+    progress_fn: Callable[[int, float], Any] | None = None,  # Called with (cur_kimg, total_kimg) every tick.
+    show_progress: bool = True,               # tqdm progress bar on rank 0 (when stderr is a terminal).
+    image_grid: tuple[int, int] | None = None,  # (cols, rows) of reals.png / fakes*.png; None = upstream size.
+) -> dict:
+    """Train G and D; writes into `run_dir` on rank 0. With num_gpus > 1 the process group must be initialized.
+
+    Returns this rank's final state: dict(G, D, G_ema, augment_pipe, cur_nimg, cur_tick, batch_idx).
+    """
+    start_time = time.time()
+    local_rank = rank if local_rank is None else local_rank
+    device = torch.device("cuda", local_rank) if device == "cuda" else torch.device(device)
+    distributed = num_gpus > 1
+    log = RunLog(os.path.join(run_dir, "log.txt"), enabled=(rank == 0))
+    np.random.seed(random_seed * num_gpus + rank)
+    torch.manual_seed(random_seed * num_gpus + rank)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+        torch.backends.cudnn.benchmark = cudnn_benchmark
+        torch.backends.cuda.matmul.allow_tf32 = allow_tf32
+        torch.backends.cudnn.allow_tf32 = allow_tf32
+    conv2d_gradfix.enabled = True      # double backward + weight-gradient skipping in the regularizers
+    grid_sample_gradfix.enabled = True  # double backward through the augmentation's grid_sample (R1)
+    force_fp32 = device.type != "cuda"
+    tick_stats = StatsAccumulator()
+    stats_tfevents = None
+    try:
+        from .dataset import ImageFolderDataset
+        log("Loading training set...")
+        dataset_kwargs = {key: value for key, value in (training_set_kwargs or {}).items() if key != "class_name"}
+        training_set = ImageFolderDataset(**dataset_kwargs)
+        sampler = misc.InfiniteSampler(dataset=training_set, rank=rank, num_replicas=num_gpus, seed=random_seed)
+        loader_kwargs = dict(data_loader_kwargs or {})
+        workers = int(loader_kwargs.pop("num_workers", 0))
+        loader = torch.utils.data.DataLoader(dataset=training_set, sampler=sampler, batch_size=batch_size // num_gpus,
+                                             num_workers=workers, pin_memory=(device.type == "cuda"),
+                                             prefetch_factor=(2 if workers > 0 else None), **loader_kwargs)
+        training_set_iterator = iter(loader)
+        log(f"Num images:  {len(training_set)}\nImage shape: {training_set.image_shape}\n"
+            f"Label shape: {training_set.label_shape}\n")
+
+        log("Constructing networks...")
+        G = networks.Generator(**G_kwargs).train().requires_grad_(False).to(device)
+        D = networks.Discriminator(**D_kwargs).train().requires_grad_(False).to(device)
+        G_ema = copy.deepcopy(G).eval()
+        progress: dict = {}
+        if resume_pkl is not None and rank == 0:
+            progress = _load_resume(resume_pkl, trust_pickle, G, D, G_ema, log)
+        cur_nimg = int(progress.get("cur_nimg", 0))
+        cur_tick = int(progress["cur_tick"]) + 1 if "cur_tick" in progress else 0
+        batch_idx = int(progress.get("batch_idx", 0))
+
+        augment_pipe = None
+        if augment_kwargs is not None and (augment_p > 0 or ada_target is not None):
+            from .augment import AugmentPipe
+            augment_pipe = AugmentPipe(**augment_kwargs).train().requires_grad_(False).to(device)
+            p = augment_p
+            if ada_target is not None and progress.get("augment_p") is not None:
+                p = float(progress["augment_p"])  # an adaptive run continues from its last p
+            augment_pipe.p.copy_(torch.as_tensor(p))
+
+        if distributed:
+            log(f"Distributing across {num_gpus} processes...")
+            counters = torch.tensor([cur_nimg, cur_tick, batch_idx], dtype=torch.int64, device=device)
+            modules = [G, D, G_ema] + ([augment_pipe] if augment_pipe is not None else [])
+            _broadcast_from_rank0([counters] + [t for m in modules for t in misc.params_and_buffers(m)])
+            cur_nimg, cur_tick, batch_idx = (int(v) for v in counters.tolist())
+
+        if rank == 0:
+            z = torch.zeros([batch_gpu, G.z_dim], device=device)
+            c = torch.zeros([batch_gpu, G.c_dim], device=device)
+            summary = io.StringIO()
+            with torch.no_grad(), contextlib.redirect_stdout(summary):
+                img = misc.print_module_summary(G_ema, [z, c])
+                misc.print_module_summary(D, [img, c])
+            log(summary.getvalue().rstrip())
+
+        ddp = dict(G_mapping=G.mapping, G_synthesis=G.synthesis, D=D)
+        if distributed:
+            for name, module in list(ddp.items()):
+                module.requires_grad_(True)
+                ddp[name] = torch.nn.parallel.DistributedDataParallel(
+                    module, device_ids=[device] if device.type == "cuda" else None, broadcast_buffers=False)
+                module.requires_grad_(False)
+
+        ada_stats = StatsAccumulator(names=("Loss/signs/real",)) if ada_target is not None else None
+        report = fan_out(tick_stats, *([ada_stats] if ada_stats is not None else []))
+        loss_fn = StyleGAN2Loss(device=device, G=G, D=ddp["D"], augment_pipe=augment_pipe, objective=loss, k=k,
+                                G_mapping=ddp["G_mapping"], G_synthesis=ddp["G_synthesis"], report=report,
+                                **(loss_kwargs or {}))
+        phases = build_phases(G, D, G_opt_kwargs, D_opt_kwargs, G_reg_interval, D_reg_interval)
+
+        grid_size = grid_z = grid_c = None
+        if rank == 0:
+            log("Exporting sample images...")
+            grid_size, images, labels = setup_snapshot_image_grid(training_set, grid_size=image_grid)
+            save_image_grid(images, os.path.join(run_dir, "reals.png"), grid=grid_size, drange=(0, 255))
+            grid_batch = batch_gpu if device.type == "cuda" else max(batch_gpu, 64)  # CPU: fewer, larger calls
+            grid_z = torch.randn([labels.shape[0], G.z_dim], device=device).split(grid_batch)
+            grid_c = torch.from_numpy(labels).to(device).split(grid_batch)
+            save_image_grid(_generate_grid(G_ema, grid_z, grid_c, force_fp32),
+                            os.path.join(run_dir, "fakes_init.png"), grid=grid_size)
+            try:
+                import torch.utils.tensorboard as tensorboard
+                stats_tfevents = tensorboard.SummaryWriter(run_dir)
+            except ImportError as err:
+                log(f"Skipping TensorBoard export: {err}")
+
+        log(f"Training for {total_kimg:g} kimg...\n")
+        log.flush()
+        bar = tqdm(total=int(total_kimg * 1000), initial=min(cur_nimg, int(total_kimg * 1000)), unit="img",
+                   disable=(True if rank != 0 or not show_progress else None), dynamic_ncols=True, leave=False)
+        tick_start_nimg = cur_nimg
+        tick_start_time = time.time()
+        maintenance_time = tick_start_time - start_time
+        stats_metrics: dict[str, float] = {}
+        if progress_fn is not None:
+            progress_fn(cur_nimg // 1000, total_kimg)
+        while True:
+            # Data: this rank's reals, plus latents and labels for every phase.
+            images, labels = next(training_set_iterator)
+            real_img = images.to(device).to(torch.float32).div_(127.5).sub_(1)
+            real_c = labels.to(device)
+            num_gen = len(phases) * batch_size
+            gen_z = torch.randn([num_gen, G.z_dim], device=device)
+            if G.c_dim > 0:
+                picks = np.random.randint(len(training_set), size=num_gen)
+                gen_c = torch.from_numpy(np.stack([training_set.get_label(i) for i in picks])).to(device)
+            else:
+                gen_c = torch.zeros([num_gen, 0], device=device)
+
+            training_step(phases, loss_fn, G, G_ema, batch_idx, cur_nimg, real_img, real_c, gen_z, gen_c,
+                          batch_gpu, num_gpus, ema_kimg, ema_rampup, report)
+            cur_nimg += batch_size
+            batch_idx += 1
+            bar.update(batch_size)
+
+            # ADA: nudge p toward the target mean sign of D's real logits.
+            if ada_stats is not None and batch_idx % ada_interval == 0:
+                signs = ada_stats.reduce(device=device, distributed=distributed).get("Loss/signs/real")
+                if signs is not None:
+                    adjust = np.sign(signs["mean"] - ada_target) * (batch_size * ada_interval) / (ada_kimg * 1000)
+                    augment_pipe.p.copy_((augment_pipe.p + adjust).clamp(min=0))
+
+            done = cur_nimg >= total_kimg * 1000
+            if not done and cur_tick != 0 and cur_nimg < tick_start_nimg + kimg_per_tick * 1000:
+                continue  # a fresh run reports after its first iteration, then every kimg_per_tick
+
+            # Tick: status line and stats.
+            tick_end_time = time.time()
+            stats = tick_stats.reduce(device=device, distributed=distributed)
+            nonfinite = {net: int(round(stats[f"Grad/nonfinite_{net}"]["mean"] * stats[f"Grad/nonfinite_{net}"]["num"]))
+                         if f"Grad/nonfinite_{net}" in stats else 0 for net in ("G", "D")}
+            p_now = float(augment_pipe.p.cpu()) if augment_pipe is not None else 0.0
+            gpu_mem = torch.cuda.max_memory_allocated(device) / 2 ** 30 if device.type == "cuda" else 0.0
+            scalars = {
+                "Progress/tick": cur_tick,
+                "Progress/kimg": cur_nimg / 1e3,
+                "Progress/augment": p_now,
+                "Timing/total_sec": tick_end_time - start_time,
+                "Timing/sec_per_tick": tick_end_time - tick_start_time,
+                "Timing/sec_per_kimg": (tick_end_time - tick_start_time) / max(cur_nimg - tick_start_nimg, 1) * 1e3,
+                "Timing/maintenance_sec": maintenance_time,
+                "Timing/total_hours": (tick_end_time - start_time) / 3600,
+                "Resources/cpu_mem_gb": _cpu_mem_gb(),
+                "Resources/peak_gpu_mem_gb": gpu_mem,
+            }
+            if device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats(device)
+            for name, value in scalars.items():
+                stats[name] = dict(num=1, mean=float(value), std=0.0)
+            log(" ".join([
+                f"tick {cur_tick:<5d}",
+                f"kimg {cur_nimg / 1e3:<8.1f}",
+                f"time {_format_time(tick_end_time - start_time):<12s}",
+                f"sec/tick {scalars['Timing/sec_per_tick']:<7.1f}",
+                f"sec/kimg {scalars['Timing/sec_per_kimg']:<7.2f}",
+                f"maintenance {maintenance_time:<6.1f}",
+                f"cpumem {scalars['Resources/cpu_mem_gb']:<6.2f}",
+                f"gpumem {gpu_mem:<6.2f}",
+                f"augment {p_now:.3f}",
+                f"nonfinite G/D {nonfinite['G']}/{nonfinite['D']}",
+            ]))
+
+            if not done and abort_fn is not None and abort_fn():
+                done = True
+                log("\nAborting...")
+
+            if rank == 0 and image_snapshot_ticks is not None and (done or cur_tick % image_snapshot_ticks == 0):
+                save_image_grid(_generate_grid(G_ema, grid_z, grid_c, force_fp32),
+                                os.path.join(run_dir, f"fakes{cur_nimg // 1000:06d}.png"), grid=grid_size)
+
+            snapshot_pkl = None
+            snapshot_G_ema = None
+            if network_snapshot_ticks is not None and (done or cur_tick % network_snapshot_ticks == 0):
+                snapshot_pkl, snapshot_G_ema = _save_snapshot(
+                    run_dir, rank, distributed, training_set_kwargs, G, D, G_ema, augment_pipe,
+                    dict(cur_nimg=cur_nimg, cur_tick=cur_tick, batch_idx=batch_idx, augment_p=p_now))
+                log(f"Saved {os.path.basename(snapshot_pkl)}")
+            if snapshot_G_ema is not None and metrics and rank == 0:
+                stats_metrics.update(_evaluate_metrics(snapshot_G_ema, metrics, metrics_num, training_set_kwargs,
+                                                       device, random_seed, snapshot_pkl, run_dir, log))
+
+            if rank == 0:
+                timestamp = time.time()
+                append_line(os.path.join(run_dir, "stats.jsonl"), json.dumps(dict(stats, timestamp=timestamp)))
+                if stats_tfevents is not None:
+                    step = int(cur_nimg / 1e3)
+                    for name, value in stats.items():
+                        stats_tfevents.add_scalar(name, value["mean"], global_step=step,
+                                                  walltime=timestamp - start_time)
+                    for name, value in stats_metrics.items():
+                        stats_tfevents.add_scalar(f"Metrics/{name}", value, global_step=step,
+                                                  walltime=timestamp - start_time)
+                    stats_tfevents.flush()
+            log.flush()
+            if progress_fn is not None:
+                progress_fn(cur_nimg // 1000, total_kimg)
+
+            cur_tick += 1
+            tick_start_nimg = cur_nimg
+            tick_start_time = time.time()
+            maintenance_time = tick_start_time - tick_end_time
+            if done:
+                break
+        bar.close()
+        log("\nExiting...")
+        return dict(G=G, D=D, G_ema=G_ema, augment_pipe=augment_pipe, cur_nimg=cur_nimg, cur_tick=cur_tick - 1,
+                    batch_idx=batch_idx)
+    finally:
+        log.flush()
+        if stats_tfevents is not None:
+            stats_tfevents.close()
+
+
+def _save_snapshot(run_dir: str, rank: int, distributed: bool, training_set_kwargs: dict | None, G, D, G_ema,
+                   augment_pipe, progress: dict) -> tuple[str, torch.nn.Module]:
+    """Write network-snapshot-NNNNNN.pkl atomically on rank 0 (after checking that all ranks agree)."""
+    from .pickles import save_network_pkl
+    snapshot: dict[str, Any] = dict(training_set_kwargs=dict(training_set_kwargs or {}))
+    for name, module in [("G", G), ("D", D), ("G_ema", G_ema), ("augment_pipe", augment_pipe)]:
+        if module is not None:
+            if distributed:
+                misc.check_ddp_consistency(module, ignore_regex=r".*\.w_avg")
+            if rank == 0:
+                module = copy.deepcopy(module).eval().requires_grad_(False).cpu()
+        snapshot[name] = module
+    snapshot["progress"] = progress
+    path = os.path.join(run_dir, f"network-snapshot-{progress['cur_nimg'] // 1000:06d}.pkl")
+    if rank == 0:
+        save_network_pkl(path, snapshot)
+    return path, snapshot["G_ema"]
+
+
+def _evaluate_metrics(G_ema, metrics, metrics_num, training_set_kwargs, device, seed, snapshot_pkl, run_dir,
+                      log: RunLog) -> dict[str, float]:
+    """Run the metrics hook on a snapshot's G_ema; returns {metric result name: value} for TensorBoard."""
+    from .metrics import evaluate_snapshot
+    log("Evaluating metrics...")
+    records = evaluate_snapshot(G_ema, metrics=list(metrics), data=training_set_kwargs["path"], num_gen=metrics_num,
+                                mirror=bool(training_set_kwargs.get("xflip", False)), device=str(device), seed=seed,
+                                snapshot_pkl=snapshot_pkl, run_dir=run_dir)
+    results: dict[str, float] = {}
+    for record in records:
+        for name, value in record.get("results", {}).items():
+            results[name] = float(value)
+            log(f"{record.get('metric', name)}: {name} = {value:g}")
+    return results

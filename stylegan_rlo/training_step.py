@@ -1,0 +1,116 @@
+"""One training iteration, shared by the training loop and the benchmark: the G/D phases (with lazy
+regularization), the non-finite gradient guard, the Adam steps and the G_ema update."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable, Sequence
+
+import torch
+
+from .loss import StyleGAN2Loss
+
+Reporter = Callable[[str, torch.Tensor], None]
+
+
+@dataclasses.dataclass
+class Phase:
+    """One optimizer step kind: Gmain/Greg/Gboth/Dmain/Dreg/Dboth, run on iterations where batch_idx % interval == 0."""
+    name: str
+    module: torch.nn.Module
+    opt: torch.optim.Optimizer
+    interval: int
+
+
+def make_adam(params, lr: float, betas: Sequence[float], eps: float) -> torch.optim.Adam:
+    """Adam over `params` (fused kernel where the device supports it: same math, fewer per-tensor launches)."""
+    params = list(params)
+    fused = bool(params) and all(p.device.type in ("cpu", "cuda") for p in params)
+    return torch.optim.Adam(params, lr=lr, betas=tuple(betas), eps=eps, fused=fused)
+
+
+def build_phases(G: torch.nn.Module, D: torch.nn.Module, G_opt_kwargs: dict, D_opt_kwargs: dict,
+                 G_reg_interval: int | None, D_reg_interval: int | None) -> list[Phase]:
+    """Phases in the official order: G then D; lazy regularization splits each into main + reg with the
+    learning rate and betas corrected by mb_ratio = interval / (interval + 1)."""
+    phases = []
+    for name, module, opt_kwargs, reg_interval in [("G", G, G_opt_kwargs, G_reg_interval),
+                                                   ("D", D, D_opt_kwargs, D_reg_interval)]:
+        lr, betas, eps = opt_kwargs["lr"], list(opt_kwargs["betas"]), opt_kwargs.get("eps", 1e-8)
+        if reg_interval is None:
+            opt = make_adam(module.parameters(), lr, betas, eps)
+            phases.append(Phase(name + "both", module, opt, 1))
+        else:
+            mb_ratio = reg_interval / (reg_interval + 1)
+            opt = make_adam(module.parameters(), lr * mb_ratio, [b ** mb_ratio for b in betas], eps)
+            phases.append(Phase(name + "main", module, opt, 1))
+            phases.append(Phase(name + "reg", module, opt, reg_interval))
+    return phases
+
+
+@torch.no_grad()
+def sanitize_gradients_(params) -> torch.Tensor:
+    """Replace non-finite gradient entries in place (NaN -> 0, +inf -> 1e5, -inf -> -1e5, as the official loop)
+    and return how many there were (a device tensor, so no synchronization is forced)."""
+    count = None
+    for param in params:
+        grad = param.grad
+        if grad is None:
+            continue
+        bad = torch.logical_not(torch.isfinite(grad)).sum()
+        count = bad if count is None else count + bad
+        torch.nan_to_num(grad, nan=0.0, posinf=1e5, neginf=-1e5, out=grad)
+    return count if count is not None else torch.zeros([], dtype=torch.int64)
+
+
+@torch.no_grad()
+def update_ema(G_ema: torch.nn.Module, G: torch.nn.Module, beta: float) -> None:
+    """G_ema <- beta * G_ema + (1 - beta) * G for parameters; buffers are copied."""
+    ema_params, params = list(G_ema.parameters()), list(G.parameters())
+    if ema_params:
+        torch._foreach_lerp_(ema_params, params, 1.0 - beta)
+    for b_ema, b in zip(G_ema.buffers(), G.buffers()):
+        b_ema.copy_(b)
+
+
+def ema_beta(batch_size: int, cur_nimg: int, ema_kimg: float, ema_rampup: float | None) -> float:
+    """Per-iteration EMA decay for a half-life of ema_kimg thousand images (shorter during the ramp-up)."""
+    ema_nimg = ema_kimg * 1000
+    if ema_rampup is not None:
+        ema_nimg = min(ema_nimg, cur_nimg * ema_rampup)
+    return 0.5 ** (batch_size / max(ema_nimg, 1e-8))
+
+
+def run_phases(phases: Sequence[Phase], loss: StyleGAN2Loss, batch_idx: int, real_img: torch.Tensor,
+               real_c: torch.Tensor, gen_z: torch.Tensor, gen_c: torch.Tensor, batch_gpu: int, num_gpus: int,
+               report: Reporter) -> None:
+    """Run every phase due at `batch_idx`: accumulate gradients in rounds of batch_gpu samples, guard, step.
+
+    real_img/real_c hold this rank's share of the batch (float images in [-1, 1]); gen_z/gen_c hold
+    len(phases) * batch_size rows (each phase takes its own slice, as in the official loop).
+    """
+    batch_size = real_img.shape[0] * num_gpus
+    real_imgs, real_cs = real_img.split(batch_gpu), real_c.split(batch_gpu)
+    num_rounds = len(real_imgs)
+    for phase, phase_z, phase_c in zip(phases, gen_z.split(batch_size), gen_c.split(batch_size)):
+        if batch_idx % phase.interval != 0:
+            continue
+        phase.opt.zero_grad(set_to_none=True)
+        phase.module.requires_grad_(True)
+        for round_idx, (r_img, r_c, z, c) in enumerate(zip(real_imgs, real_cs, phase_z.split(batch_gpu),
+                                                            phase_c.split(batch_gpu))):
+            loss.accumulate_gradients(phase=phase.name, real_img=r_img, real_c=r_c, gen_z=z, gen_c=c,
+                                      sync=(round_idx == num_rounds - 1), gain=phase.interval)
+        phase.module.requires_grad_(False)
+        report("Grad/nonfinite_" + phase.name[0], sanitize_gradients_(phase.module.parameters()))
+        phase.opt.step()
+
+
+def training_step(phases: Sequence[Phase], loss: StyleGAN2Loss, G: torch.nn.Module, G_ema: torch.nn.Module,
+                  batch_idx: int, cur_nimg: int, real_img: torch.Tensor, real_c: torch.Tensor, gen_z: torch.Tensor,
+                  gen_c: torch.Tensor, batch_gpu: int, num_gpus: int, ema_kimg: float, ema_rampup: float | None,
+                  report: Reporter) -> None:
+    """One full iteration: all due phases, then the G_ema update."""
+    run_phases(phases, loss, batch_idx, real_img, real_c, gen_z, gen_c, batch_gpu, num_gpus, report)
+    batch_size = real_img.shape[0] * num_gpus
+    update_ema(G_ema, G, ema_beta(batch_size, cur_nimg, ema_kimg, ema_rampup))
