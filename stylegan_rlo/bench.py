@@ -51,7 +51,7 @@ def run_bench(res: int = 32, cbase: int = 2048, cmax: int = 128, batch: int = 8,
     stats = StatsAccumulator()
     loss_fn = StyleGAN2Loss(device=dev, G=G, D=D, augment_pipe=augment_pipe, objective=loss, k=k, r1_gamma=1,
                             style_mixing_prob=0.9, pl_weight=2, pl_batch_shrink=2, report=stats.report)
-    opt_kwargs = dict(lr=0.0025, betas=[0, 0.99], eps=1e-8)
+    opt_kwargs = dict(lr=0.0025, betas=[0.0, 0.99], eps=1e-8)
     phases = build_phases(G, D, opt_kwargs, opt_kwargs, G_reg_interval=4, D_reg_interval=16)
     reals = torch.randint(0, 256, [batch, 3, res, res], dtype=torch.uint8, device=dev)
 

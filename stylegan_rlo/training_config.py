@@ -311,8 +311,8 @@ def setup_training_options(*, data: str, resume: str | None = None, loss: str = 
     freezed = _integer("--freezed", freezed, 0)
     lr_G = spec.lrate if glr is None else _number("--glr", glr, low=0, low_inclusive=False)
     lr_D = spec.lrate if dlr is None else _number("--dlr", dlr, low=0, low_inclusive=False)
-    args.G_opt_kwargs = dict(lr=lr_G, betas=[0, 0.99], eps=1e-8)
-    args.D_opt_kwargs = dict(lr=lr_D, betas=[0, 0.99], eps=1e-8)
+    args.G_opt_kwargs = dict(lr=lr_G, betas=[0.0, 0.99], eps=1e-8)
+    args.D_opt_kwargs = dict(lr=lr_D, betas=[0.0, 0.99], eps=1e-8)
     args.loss_kwargs = dict(r1_gamma=spec.gamma if gamma is None else _number("--gamma", gamma, low=0))
     if cfg == "cifar":
         args.loss_kwargs.update(pl_weight=0, style_mixing_prob=0)

@@ -26,7 +26,7 @@ def make_adam(params, lr: float, betas: Sequence[float], eps: float) -> torch.op
     """Adam over `params` (fused kernel where the device supports it: same math, fewer per-tensor launches)."""
     params = list(params)
     fused = bool(params) and all(p.device.type in ("cpu", "cuda") for p in params)
-    return torch.optim.Adam(params, lr=lr, betas=tuple(betas), eps=eps, fused=fused)
+    return torch.optim.Adam(params, lr=lr, betas=tuple(float(b) for b in betas), eps=eps, fused=fused)
 
 
 def build_phases(G: torch.nn.Module, D: torch.nn.Module, G_opt_kwargs: dict, D_opt_kwargs: dict,
