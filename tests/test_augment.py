@@ -310,18 +310,43 @@ def test_color_rejects_two_channel_images():
 
 
 # Filtering and corruptions.
+def _band_gains(q: float, bands) -> np.ndarray:
+    """Per-band gains at debug percentile q: 2^(Phi^-1(q)) in the enabled bands, each power-normalized by
+    sqrt(1 + w_i (t_i^2 - 1)) with the 1/f band powers w = (10, 1, 1, 1) / 13."""
+    t = np.where(np.asarray(bands) > 0, 2 ** _erfinv(2 * q - 1), 1.0)
+    w = np.array([10, 1, 1, 1]) / 13
+    return t / np.prod(np.sqrt(1 + w * (t * t - 1)))
+
+
 def test_band_filter_identity_and_dc_gain():
     x = _images(height=32, width=32)
     assert torch.allclose(_pipe(imgfilter=1)(x, debug_percentile=0.5), x, atol=1e-5)  # all gains 1
     q = 0.9
     t = 2 ** _erfinv(2 * q - 1)
     const = torch.full((1, 3, 32, 32), 0.5)
-    # Only the highest band boosted: DC keeps gain 1 before the power normalization 1 / sqrt(1 + (t^2 - 1) / 13).
+    # Only the lowest band passes DC (gain 1). The gain-weighted 1-D filter runs along rows and then columns,
+    # so a constant image scales by g_0^2. Highest band boosted: g_0 = 1 / sqrt(1 + (t^2 - 1) / 13).
     y = _pipe(imgfilter=1, imgfilter_bands=[0, 0, 0, 1])(const, debug_percentile=q)
-    assert torch.allclose(y, const / math.sqrt(1 + (t * t - 1) / 13), atol=1e-6)
-    # Only the lowest band: DC scales by t / sqrt(1 + 10 (t^2 - 1) / 13).
+    assert torch.allclose(y, const / (1 + (t * t - 1) / 13), atol=1e-6)
+    # Only the lowest band: g_0 = t / sqrt(1 + 10 (t^2 - 1) / 13).
     y = _pipe(imgfilter=1, imgfilter_bands=[1, 0, 0, 0])(const, debug_percentile=q)
-    assert torch.allclose(y, const * t / math.sqrt(1 + 10 * (t * t - 1) / 13), atol=1e-6)
+    assert torch.allclose(y, const * t * t / (1 + 10 * (t * t - 1) / 13), atol=1e-6)
+
+
+@pytest.mark.parametrize('bands', [(1, 1, 1, 1), (0, 1, 0, 1), (1, 0, 0, 0)])
+def test_band_filter_matches_a_naive_2d_filter(bands):
+    """Reflect-pad, then the full 2-D kernel k k^T (k = gains @ bank) applied by direct summation in float64."""
+    q = 0.8
+    x = _images(batch=2, channels=3, height=24, width=30, seed=3)
+    y = _pipe(imgfilter=1, imgfilter_bands=list(bands))(x, debug_percentile=q).double().numpy()
+    k = _band_gains(q, bands) @ augment.octave_filter_bank(augment.SYM2_LOWPASS)
+    kernel, pad = np.outer(k, k), k.size // 2
+    padded = np.pad(x.double().numpy(), [(0, 0), (0, 0), (pad, pad), (pad, pad)], mode='reflect')
+    ref = np.zeros_like(y)
+    for i in range(k.size):
+        for j in range(k.size):
+            ref += kernel[i, j] * padded[:, :, i:i + 24, j:j + 30]
+    assert np.abs(y - ref).max() < 1e-5
 
 
 def test_band_filter_needs_large_enough_images():

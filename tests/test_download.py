@@ -151,3 +151,22 @@ def test_load_network_pkl_from_url_downloads_once(server, cache):
             assert torch.equal(a, b), name
     with pytest.raises(util.DownloadError, match="missing.pkl"):
         pickles.load_network_pkl(f"{base}/net/missing.pkl")
+
+
+def test_default_cache_is_home_dot_cache_dnnlib(server, tmp_path, monkeypatch):
+    httpd, base = server
+    monkeypatch.delenv("DNNLIB_CACHE_DIR", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    path = util.open_url(f"{base}/blob.bin", return_filename=True, verbose=False)
+    assert pathlib.Path(path).parent == tmp_path / "home" / ".cache" / "dnnlib" / "downloads"
+    assert pathlib.Path(path).read_bytes() == PAYLOAD
+
+
+def test_download_shows_a_progress_bar(server, cache, capfd):
+    httpd, base = server
+    with util.open_url(f"{base}/blob.bin") as f:  # verbose by default, like load_network_pkl
+        assert f.read() == PAYLOAD
+    err = capfd.readouterr().err
+    assert "blob.bin" in err and "/1.05M" in err  # a tqdm bar: file name and expected byte count
+    util.open_url(f"{base}/blob.bin").close()  # cached: no download, no bar
+    assert capfd.readouterr().err == ""

@@ -136,7 +136,7 @@ def test_style_mixing_table(G):
     assert torch.allclose(table[1, 2], mixed, atol=1e-4)
     everything = gen.style_mix_images(G, rows, cols, list(range(G.num_ws))).reshape(3, 4, 3, 32, 32)
     assert torch.allclose(everything[2, 3], plain[4], atol=1e-4)  # all layers from the column seed
-    with pytest.raises(gen.GenerateError, match="layers must be in 0..7"):
+    with pytest.raises(gen.GenerateError, match=r"layer\(s\) \[8\] given; layers must be in 0..7"):
         gen.style_mix_images(G, rows, cols, [8])
 
 
@@ -159,7 +159,19 @@ def test_cli_seeds_grid_and_style_mix(tmp_path):
     (["--network", UNCOND, "--seeds", "5-2"], "runs backwards"),
     (["--network", UNCOND, "--projected-w", "w.npz", "--grid", "2x2"], "only applies to --seeds"),
     (["--network", os.path.join(DATA, "missing.pkl"), "--seeds", "0"], "missing.pkl"),
+    (["--network", UNCOND, "--seeds", "0", "--class", "1"], "this network is unconditional"),
+    (["--network", UNCOND, "--seeds", "0-4", "--grid", "2x2"], "holds 4 images but 5 seeds"),
+    (["--network", UNCOND, "--seeds", "0", "--trunc", "nan"], "must be a finite number"),
+    (["--network", UNCOND, "--seeds", "4294967296"], "seed 4294967296 is out of range"),
 ])
 def test_cli_errors(args, message, tmp_path):
-    result = CliRunner().invoke(generate_main, args + ["--outdir", str(tmp_path), "--device", "cpu"])
+    result = CliRunner().invoke(generate_main, args + ["--outdir", str(tmp_path / "out"), "--device", "cpu"])
     assert result.exit_code != 0 and message in result.output, result.output
+    assert not (tmp_path / "out").exists() or not os.listdir(tmp_path / "out")  # no image written
+
+
+def test_cli_outdir_that_cannot_be_created(tmp_path):
+    (tmp_path / "file").write_text("")
+    result = CliRunner().invoke(generate_main, ["--network", UNCOND, "--seeds", "0", "--outdir",
+                                                str(tmp_path / "file" / "out"), "--device", "cpu"])
+    assert result.exit_code == 2 and "cannot create folder" in result.output and "Not a directory" in result.output

@@ -218,6 +218,27 @@ def test_generated_images_depend_on_seed_and_index_only(env):
     assert not torch.equal(a[0], a[1])
 
 
+def test_conditional_images_take_labels_from_the_dataset(tmp_path):
+    """Conditional G is fed to torch-fidelity as a Dataset (its own conditional wrapper calls np.int, gone in numpy 2);
+    image i is G(z_i, label of dataset image j_i) with z_i and j_i drawn from a generator seeded with [seed, i]."""
+    labels = [2, 0, 1, 1]
+    data = ImageFolderDataset(write_zip(tmp_path / "lab.zip", smooth_images(4, seed=9), labels=labels),
+                              use_labels=True)
+    G = tiny_generator(c_dim=3).eval()
+    fake = metrics.GeneratedImages(G, 6, seed=4, batch=4, label_source=data, noise_mode="const")
+    picked = []
+    for i in range(6):
+        rng = np.random.default_rng([4, i])
+        z = torch.from_numpy(rng.standard_normal((1, 16))).float()
+        j = int(rng.integers(4))
+        picked.append(labels[j])
+        with torch.no_grad():
+            ref = G(z, torch.nn.functional.one_hot(torch.tensor([labels[j]]), 3).float(), noise_mode="const",
+                    force_fp32=True)
+        assert (fake[i].int() - ((ref[0] + 1) * 127.5).round().clamp(0, 255).int()).abs().max() <= 1
+    assert len(set(picked)) > 1  # several classes are drawn
+
+
 def test_evaluate_snapshot_records_and_determinism(env, tmp_path):
     G = tiny_generator()
     run_dir = tmp_path / "run"

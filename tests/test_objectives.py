@@ -224,6 +224,19 @@ def test_half_precision_inputs_computed_in_float32(dtype, k):
         assert torch.isfinite(zg.grad).all() and (zg.grad[:4] < 0).all()
 
 
+@settings(max_examples=200, deadline=None)
+@given(a=Z_STRAT, b=Z_STRAT, k=K_STRAT, dtype=st.sampled_from([torch.float16, torch.bfloat16]))
+def test_half_precision_properties(a, b, k, dtype):
+    """Half inputs (clipped to the dtype's range) give exactly the float32 result of the rounded input:
+    finite, nonnegative and decreasing (rounding to half keeps the order of the inputs)."""
+    big = torch.finfo(dtype).max
+    z = torch.tensor(sorted([a, b]), dtype=torch.float64).clamp(-big, big).to(dtype)
+    v = obj.rooted_logistic(z, k)
+    assert v.dtype == torch.float32
+    assert torch.equal(v, obj.rooted_logistic(z.float(), k))
+    assert torch.isfinite(v).all() and (v >= 0).all() and v[0] >= v[1]
+
+
 def test_integer_input_is_promoted():
     out = obj.rooted_logistic(torch.tensor([-2, 0, 3]), 2.0)
     assert out.dtype == torch.get_default_dtype()

@@ -1,23 +1,29 @@
 """Training loop and training step: phase schedule and lazy regularization, the gradient guard, EMA, statistics,
 and tiny end-to-end runs on the CPU (resume from the fixtures, snapshot, resume again, killed runs, FreezeD, ADA)."""
 
+import io
 import json
 import os
 import signal
 import subprocess
 import sys
 import time
+import zipfile
 
 import numpy as np
 import pytest
 import torch
 
-from stylegan_rlo.launch import launch_training
+from stylegan_rlo import pickles
+from stylegan_rlo.dataset import DatasetError, ImageFolderDataset
+from stylegan_rlo.launch import launch_training, prepare_run_dir
 from stylegan_rlo.pickles import load_network_pkl
 from stylegan_rlo.stats import StatsAccumulator, fan_out
 from stylegan_rlo.training_config import setup_training_options
+from stylegan_rlo.training_loop import _next_batch
 from stylegan_rlo.training_step import Phase, build_phases, ema_beta, run_phases, sanitize_gradients_, update_ema
-from training_fixtures import TINY_COND, TINY_UNCOND, make_zip, one_thread, subprocess_env  # noqa: F401
+from training_fixtures import (TINY_COND, TINY_UNCOND, ddp_rank_worker, make_zip, one_thread,  # noqa: F401
+                               subprocess_env)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -119,11 +125,19 @@ def test_stats_accumulator_moments_and_filter():
 # ---------------------------------------------------------------------------------------------------------------
 # End to end on tiny networks.
 
-def train(tmp_path, data, resume, kimg, outdir="runs", **opts):
+def train(tmp_path, data, resume, kimg, outdir="runs", show_progress=False, **opts):
     """Set up and run a tiny CPU training in-process; returns the run directory."""
     opts = dict(dict(device="cpu", workers=0, batch=4, tick=0.004, snap=1), **opts)
     run_desc, options = setup_training_options(data=str(data), resume=str(resume), kimg=kimg, **opts)
-    return launch_training(run_desc, options, str(tmp_path / outdir), show_progress=False, image_grid=(4, 2))
+    return launch_training(run_desc, options, str(tmp_path / outdir), show_progress=show_progress,
+                           image_grid=(4, 2))
+
+
+class Terminal(io.StringIO):
+    """A captured stderr that says it is a terminal (the progress bar only draws on terminals)."""
+
+    def isatty(self):
+        return True
 
 
 def read_stats(run_dir):
@@ -131,19 +145,35 @@ def read_stats(run_dir):
         return [json.loads(line) for line in f]
 
 
+def ada_by_hand(stats, p0, target, step, interval):
+    """Expected Progress/augment of each tick when every tick is one iteration: after every `interval`-th
+    iteration, p += sign(mean sign of the real logits over those iterations - target) * step, floored at 0."""
+    p, total, num, expected = p0, 0, 0, []
+    for i, s in enumerate(stats):
+        signs = s["Loss/signs/real"]
+        total += round(signs["mean"] * signs["num"])  # a sum of +-1 values
+        num += signs["num"]
+        if (i + 1) % interval == 0:
+            p = max(p + np.sign(total / num - target) * step, 0.0)
+            total, num = 0, 0
+        expected.append(p)
+    return expected
+
+
 def snapshot_of(run_dir):
     names = sorted(n for n in os.listdir(run_dir) if n.startswith("network-snapshot-") and n.endswith(".pkl"))
     return os.path.join(run_dir, names[-1])
 
 
-@pytest.mark.parametrize("loss,k", [("logistic", None), ("rooted", 8.0)])
-def test_resume_official_pickle_then_our_snapshot(tmp_path, one_thread, loss, k):
+@pytest.mark.parametrize("loss,k,target", [("logistic", None, 0.6), ("rooted", 8.0, 0.3)])
+def test_resume_official_pickle_then_our_snapshot(tmp_path, one_thread, loss, k, target):
     data = make_zip(tmp_path / "dogs.zip", num=8)
-    run1 = train(tmp_path, data, TINY_UNCOND, kimg=0.016, loss=loss, k=k, p=0.2, target=0.6)
+    run1 = train(tmp_path, data, TINY_UNCOND, kimg=0.032, loss=loss, k=k, p=0.2, target=target,
+                 snap=4)
     expected_name = "00000-dogs-auto-" + ("logistic" if loss == "logistic" else "rooted8")
     assert os.path.basename(run1) == expected_name
     for name in ("log.txt", "training_options.json", "stats.jsonl", "reals.png", "fakes_init.png",
-                 "fakes000000.png", "network-snapshot-000000.pkl"):
+                 "fakes000000.png", "network-snapshot-000000.pkl"):  # int(kimg) names: later ones replace
         assert os.path.isfile(os.path.join(run1, name)), name
     with open(os.path.join(run1, "training_options.json"), encoding="utf-8") as f:
         options = json.load(f)
@@ -151,40 +181,49 @@ def test_resume_official_pickle_then_our_snapshot(tmp_path, one_thread, loss, k)
     assert "tick 0" in open(os.path.join(run1, "log.txt"), encoding="utf-8").read()
 
     stats1 = read_stats(run1)  # a fresh start reports after its first iteration, then every 4 images
-    assert [s["Progress/kimg"]["mean"] for s in stats1] == pytest.approx([0.004, 0.008, 0.012, 0.016])
-    assert [s["Progress/tick"]["mean"] for s in stats1] == [0, 1, 2, 3]
+    assert [s["Progress/kimg"]["mean"] for s in stats1] == pytest.approx([0.004 * i for i in range(1, 9)])
+    assert [s["Progress/tick"]["mean"] for s in stats1] == list(range(8))
     for key in ("Loss/D/loss", "Loss/G/loss", "Loss/scores/real", "Loss/scores/fake", "Loss/signs/real",
                 "Loss/r1_penalty", "Loss/pl_penalty", "Progress/augment", "Timing/sec_per_kimg",
                 "Grad/nonfinite_G", "Grad/nonfinite_D", "Resources/cpu_mem_gb"):
         assert key in stats1[0] or key in stats1[1], key
     assert stats1[0]["Grad/nonfinite_G"]["mean"] == 0
 
+    # ADA, by hand from the logged signs of D's real logits: every 4 iterations p moves by
+    # batch * interval / (ada_kimg * 1000) = 16 / 1e5 (ada_kimg is 100 when resuming) toward the target.
+    p_by_hand = ada_by_hand(stats1, p0=0.2, target=target, step=4 * 4 / (100 * 1000), interval=4)
+    assert [s["Progress/augment"]["mean"] for s in stats1] == pytest.approx(p_by_hand, abs=1e-6)
+    assert p_by_hand[-1] != 0.2
+
     snap1 = load_network_pkl(snapshot_of(run1))
-    assert snap1["progress"]["cur_nimg"] == 16 and snap1["progress"]["cur_tick"] == 3
-    assert snap1["progress"]["batch_idx"] == 4
+    assert snap1["progress"]["cur_nimg"] == 32 and snap1["progress"]["cur_tick"] == 7
+    assert snap1["progress"]["batch_idx"] == 8
     p1 = snap1["progress"]["augment_p"]
-    assert p1 == pytest.approx(float(snap1["augment_pipe"].p))
-    # ADA adjusted once (after iteration 4) by batch * interval / (ada_kimg * 1000) = 16 / 1e5 (resume: 100 kimg).
-    assert abs(p1 - 0.2) == pytest.approx(16 / 1e5, rel=1e-3)
+    assert p1 == pytest.approx(float(snap1["augment_pipe"].p)) == pytest.approx(p_by_hand[-1], abs=1e-6)
     official = load_network_pkl(TINY_UNCOND)
     assert not torch.equal(snap1["G"].synthesis.b32.conv1.weight, official["G"].synthesis.b32.conv1.weight)
 
     # Resuming our snapshot continues kimg, tick, batch index and the ADA p (--p only sets a fresh start).
-    run2 = train(tmp_path, data, snapshot_of(run1), kimg=0.024, loss=loss, k=k, p=0.5)
+    run2 = train(tmp_path, data, snapshot_of(run1), kimg=0.048, loss=loss, k=k, p=0.5, snap=4)
     assert os.path.basename(run2).startswith("00001-")
     stats2 = read_stats(run2)
-    assert [s["Progress/kimg"]["mean"] for s in stats2] == pytest.approx([0.020, 0.024])
-    assert [s["Progress/tick"]["mean"] for s in stats2] == [4, 5]
-    assert stats2[0]["Progress/augment"]["mean"] == pytest.approx(p1)
+    assert [s["Progress/kimg"]["mean"] for s in stats2] == pytest.approx([0.036, 0.040, 0.044, 0.048])
+    assert [s["Progress/tick"]["mean"] for s in stats2] == [8, 9, 10, 11]
+    p_by_hand = ada_by_hand(stats2, p0=p1, target=0.6, step=16 / 1e5, interval=4)  # --target not given: 0.6
+    assert [s["Progress/augment"]["mean"] for s in stats2] == pytest.approx(p_by_hand, abs=1e-6)
     snap2 = load_network_pkl(snapshot_of(run2))
-    assert snap2["progress"]["cur_nimg"] == 24 and snap2["progress"]["batch_idx"] == 6
-    assert abs(snap2["progress"]["augment_p"] - p1) <= 16 / 1e5 + 1e-7
+    assert snap2["progress"]["cur_nimg"] == 48 and snap2["progress"]["batch_idx"] == 12
+    assert snap2["progress"]["augment_p"] == pytest.approx(p_by_hand[-1], abs=1e-6)
 
 
-def test_conditional_resume_with_freezed_mirror_and_subset(tmp_path, one_thread):
+def test_conditional_resume_with_freezed_mirror_subset_and_progress_bar(tmp_path, one_thread, monkeypatch):
     data = make_zip(tmp_path / "pets.zip", num=9, classes=3)
+    monkeypatch.setattr(sys, "stderr", Terminal())
     run = train(tmp_path, data, TINY_COND, kimg=0.008, loss="logistic", cond=True, freezed=2, mirror=True, subset=6,
-                aug="noaug")
+                aug="noaug", show_progress=True)
+    bar = sys.stderr.getvalue()
+    monkeypatch.undo()
+    assert "4/8" in bar and "8/8" in bar and "img/s" in bar
     snap = load_network_pkl(snapshot_of(run))
     official = load_network_pkl(TINY_COND)
     assert snap["G"].c_dim == 3 and snap["augment_pipe"] is None
@@ -237,3 +276,68 @@ def test_killed_run_resumes_from_its_last_snapshot(tmp_path, one_thread):
     stats = read_stats(run2)
     assert [s["Progress/kimg"]["mean"] for s in stats] == pytest.approx([(start + 4) / 1000])
     assert load_network_pkl(snapshot_of(run2))["progress"]["cur_nimg"] == start + 4
+
+
+def test_exception_while_writing_a_snapshot_keeps_the_previous_one(tmp_path, one_thread, monkeypatch):
+    data = make_zip(tmp_path / "dogs.zip", num=8)
+    real_dump, calls = pickles.pickle.dump, []
+
+    def dump_that_fails_the_third_time(obj, f, *args, **kwargs):
+        if isinstance(obj, dict) and "progress" in obj:  # a training snapshot
+            calls.append(1)
+            if len(calls) == 3:
+                f.write(b"the first bytes of a snapshot")
+                raise RuntimeError("injected failure while writing a snapshot")
+        real_dump(obj, f, *args, **kwargs)
+
+    monkeypatch.setattr(pickles.pickle, "dump", dump_that_fails_the_third_time)
+    with pytest.raises(RuntimeError, match="injected"):
+        train(tmp_path, data, TINY_UNCOND, kimg=1, aug="fixed", p=0.3)
+    monkeypatch.undo()
+    run_dir = str(tmp_path / "runs" / "00000-dogs-auto-rooted8")
+    assert not [n for n in os.listdir(run_dir) if n.endswith(".tmp")]
+    snap = load_network_pkl(snapshot_of(run_dir))  # the second snapshot (tick 1), complete
+    assert snap["progress"]["cur_nimg"] == 8 and snap["progress"]["cur_tick"] == 1
+    assert [(s["Progress/tick"]["mean"], s["Progress/augment"]["mean"]) for s in read_stats(run_dir)] == \
+        pytest.approx([(0, 0.3), (1, 0.3)])  # --aug fixed: p stays put
+    with open(os.path.join(run_dir, "log.txt"), encoding="utf-8") as f:
+        assert "tick 2" in f.read()  # pending log lines are written even when the run dies
+    run2 = train(tmp_path, data, snapshot_of(run_dir), kimg=0.012)
+    assert [(s["Progress/tick"]["mean"], s["Progress/kimg"]["mean"]) for s in read_stats(run2)] == [(2, 0.012)]
+
+
+def test_loader_worker_dataset_error_is_reraised_with_its_own_message(tmp_path):
+    data = make_zip(tmp_path / "dogs.zip", num=2)
+    with zipfile.ZipFile(data) as zf:
+        good = zf.read("img00000.png")
+    with zipfile.ZipFile(data, "a") as zf:
+        zf.writestr("img00001b.png", good[:len(good) // 2])  # header intact, pixel data cut off
+    dataset = ImageFolderDataset(data)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=3, num_workers=1)
+    with pytest.raises(DatasetError) as info:
+        _next_batch(iter(loader))
+    message = str(info.value)
+    assert message.startswith("image 'img00001b.png' in ") and "truncated" in message
+    assert "Traceback" not in message and "\n" not in message
+
+
+def test_ddp_two_gloo_processes_keep_parameters_identical(tmp_path):
+    data = make_zip(tmp_path / "dogs.zip", num=8)
+    run_desc, options = setup_training_options(data=data, resume=str(TINY_UNCOND), device="cpu", workers=0, batch=4,
+                                               gpus=2, kimg=0.012, tick=0.004, snap=10, p=0.2)
+    assert options.num_gpus == 2 and options.batch_gpu == 2
+    run_dir = prepare_run_dir(str(tmp_path / "runs"), run_desc, options)
+    torch.multiprocessing.spawn(ddp_rank_worker, nprocs=2,
+                                args=(dict(options), run_dir, str(tmp_path / "init"), str(tmp_path)))
+    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
+    assert ranks[0]["cur_nimg"] == ranks[1]["cur_nimg"] == 12 and ranks[0]["batch_idx"] == 3
+    official = {f"{net}.{name}": t for net in ("G", "D", "G_ema")
+                for name, t in load_network_pkl(TINY_UNCOND)[net].named_parameters()}
+    trained = [name for name in official if not torch.equal(ranks[0]["tensors"][name], official[name])]
+    assert any(n.startswith("G.") for n in trained) and any(n.startswith("D.") for n in trained)
+    for name, tensor in ranks[0]["tensors"].items():
+        if not name.endswith("w_avg"):  # w_avg tracks each rank's own latents, as upstream
+            assert torch.equal(tensor, ranks[1]["tensors"][name]), name
+    snap = load_network_pkl(snapshot_of(run_dir))  # rank 0 wrote the snapshot
+    assert snap["progress"]["cur_nimg"] == 12
+    assert torch.equal(snap["D"].b4.out.weight, ranks[0]["tensors"]["D.b4.out.weight"])

@@ -47,3 +47,28 @@ def subprocess_env() -> dict:
     """Environment for CLI subprocesses: single-threaded math, no progress bars fighting over the terminal."""
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
     return env
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nobody listens on right now (for torch.distributed rendezvous)."""
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def ddp_rank_worker(rank: int, options: dict, run_dir: str, init_file: str, out_dir: str) -> None:
+    """One rank of a gloo process group: train with `options`, then save this rank's final G/D/G_ema tensors."""
+    import torch.distributed as dist
+
+    from stylegan_rlo.training_loop import training_loop
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=options["num_gpus"])
+    try:
+        state = training_loop(run_dir=run_dir, rank=rank, **options, show_progress=False, image_grid=(2, 2))
+    finally:
+        dist.destroy_process_group()
+    tensors = {f"{net}.{name}": t.detach().clone() for net in ("G", "D", "G_ema")
+               for name, t in list(state[net].named_parameters()) + list(state[net].named_buffers())}
+    torch.save(dict(tensors=tensors, cur_nimg=state["cur_nimg"], batch_idx=state["batch_idx"]),
+               os.path.join(out_dir, f"rank{rank}.pt"))

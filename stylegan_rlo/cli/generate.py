@@ -3,6 +3,9 @@ Options are parsed and checked here; the work is stylegan_rlo.generate."""
 
 from __future__ import annotations
 
+import math
+import os
+
 import click
 
 from stylegan_rlo.generate import NOISE_MODES, GenerateError, parse_grid, parse_int_list
@@ -28,6 +31,12 @@ def _grid(_ctx: click.Context, _param: click.Parameter, value: str | None) -> tu
         raise click.BadParameter(str(e)) from None
 
 
+def _finite(_ctx: click.Context, _param: click.Parameter, value: float) -> float:
+    if not math.isfinite(value):
+        raise click.BadParameter(f"must be a finite number, got {value}")
+    return value
+
+
 def _default_device() -> str:
     import torch
     return "cuda" if torch.cuda.is_available() else "cpu"
@@ -36,7 +45,8 @@ def _default_device() -> str:
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--network", required=True, metavar="PKL", help="Network pickle (its G_ema generates).")
 @click.option("--seeds", callback=_int_list("seed list"), metavar="LIST", help="Seeds, e.g. 0-63 or 1,5,9.")
-@click.option("--trunc", "truncation_psi", type=float, default=1.0, show_default=True, help="Truncation psi.")
+@click.option("--trunc", "truncation_psi", type=float, default=1.0, show_default=True, callback=_finite,
+              help="Truncation psi (1 = none, 0 = the average image).")
 @click.option("--class", "class_idx", type=click.IntRange(min=0), metavar="C",
               help="Class index (required for conditional networks).")
 @click.option("--noise-mode", type=click.Choice(NOISE_MODES), default="const", show_default=True)
@@ -83,6 +93,10 @@ def main(network: str, seeds: list[int] | None, truncation_psi: float, class_idx
         raise click.BadParameter(str(e), param_hint="--device") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise click.BadParameter("no CUDA GPU is available; use --device cpu", param_hint="--device")
+    try:
+        os.makedirs(outdir, exist_ok=True)
+    except OSError as e:
+        raise click.BadParameter(f"cannot create folder {outdir!r} ({e.strerror})", param_hint="--outdir") from None
     try:
         G = load_network_pkl(network, trust_pickle=trust_pickle)["G_ema"]
         if G is None:

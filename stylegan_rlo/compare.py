@@ -1,0 +1,451 @@
+"""Comparing adversarial objectives: fine-tune one checkpoint on one dataset once per (objective, k, seed) with the
+same budget and seeds, measure FID/KID against a reference set at every snapshot, and write the comparison
+(before/after image grids, metrics.png, summary.md, summary.json) into one output folder.
+
+Every run starts from the same network, so its kimg-0 evaluation is computed once and shared. Training goes through
+the training library (setup_training_options + launch_training) and metrics through stylegan_rlo.metrics, so the run
+directories are ordinary ones (stats.jsonl, snapshots, metric-<name>.jsonl) that every other tool understands.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import math
+import os
+import re
+import time
+from dataclasses import asdict, dataclass
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+
+from .dataset import DatasetError, ImageFolderDataset
+from .fileio import atomic_write
+from .generate import GenerateError, generate_images, parse_int_list, seed_latents
+from .images import make_grid, save_png, to_uint8
+from .launch import launch_training
+from .metrics import MetricError, append_records, evaluate_datasets, evaluate_snapshot, validate_metric_names
+from .objectives import OBJECTIVES
+from .pickles import PickleError, load_network_pkl
+from .training_config import DEFAULT_K, TrainingOptionsError, format_k, setup_training_options
+
+# Options the comparison sets itself for every run; the rest of setup_training_options may be passed through.
+CONTROLLED_OPTIONS = ("data", "resume", "loss", "k", "seed", "kimg", "tick", "snap", "metrics", "metrics_num",
+                      "device", "desc")
+METRIC_LABELS = {"fid50k_full": "FID", "kid50k_full": "KID"}
+START_LABEL = "start (shared)"
+
+
+class CompareError(ValueError):
+    """A comparison that cannot be run as asked; the message says which input is wrong and what to do."""
+
+
+@dataclass(frozen=True)
+class Objective:
+    """One adversarial objective to compare: 'logistic', or 'rooted' with its root k."""
+    loss: str
+    k: float | None = None
+
+    @property
+    def label(self) -> str:
+        return self.loss if self.k is None else f"{self.loss} k={format_k(self.k)}"
+
+    @property
+    def slug(self) -> str:
+        return self.loss if self.k is None else f"{self.loss}{format_k(self.k)}"
+
+
+def parse_objectives(text: str) -> list[Objective]:
+    """'logistic,rooted:8,rooted:2' -> objectives ('rooted' alone means k=8); duplicates are an error."""
+    out: list[Objective] = []
+    for part in (p.strip() for p in str(text).split(",")):
+        loss, _, k_text = part.partition(":")
+        if loss not in OBJECTIVES:
+            raise CompareError(f"objective {part!r}: expected one of {', '.join(OBJECTIVES)}, optionally with a "
+                               f"root for rooted (e.g. 'logistic,rooted:8,rooted:2')")
+        k = None
+        if loss == "rooted":
+            try:
+                k = float(k_text) if k_text else DEFAULT_K
+            except ValueError:
+                raise CompareError(f"objective {part!r}: k must be a number, as in rooted:8") from None
+            if not (math.isfinite(k) and k > 0):
+                raise CompareError(f"objective {part!r}: k must be a positive finite number")
+        elif k_text:
+            raise CompareError(f"objective {part!r}: the logistic objective takes no k")
+        obj = Objective(loss, k)
+        if obj in out:
+            raise CompareError(f"objective {obj.label} is listed twice in {text!r}")
+        out.append(obj)
+    return out
+
+
+def parse_seeds(text: str) -> list[int]:
+    """'0,1' or '0-3' -> distinct seeds in order."""
+    try:
+        seeds = parse_int_list(text, what="seed list")
+    except GenerateError as e:
+        raise CompareError(str(e)) from e
+    if len(set(seeds)) != len(seeds):
+        raise CompareError(f"seed list {text!r} repeats a seed")
+    return seeds
+
+
+# ---- small pieces --------------------------------------------------------------------------------------------------
+
+def _grid_labels(G: torch.nn.Module, n: int) -> torch.Tensor:
+    """Labels for n grid images: none for unconditional networks, classes in turn for conditional ones."""
+    c_dim = int(G.c_dim)
+    c = torch.zeros([n, c_dim])
+    if c_dim:
+        c[torch.arange(n), torch.arange(n) % c_dim] = 1
+    return c
+
+
+def grid_images(G: torch.nn.Module, grid: tuple[int, int], device: torch.device) -> np.ndarray:
+    """uint8 NHWC images of seeds 0..cols*rows-1 (official seed -> z, constant noise): the same z for every network."""
+    n = grid[0] * grid[1]
+    G = G.eval().requires_grad_(False).to(device)
+    return to_uint8(generate_images(G, seed_latents(range(n), int(G.z_dim)), _grid_labels(G, n), batch=64))
+
+
+def save_labelled_blocks(blocks: Sequence[tuple[str, np.ndarray]], grid: tuple[int, int], path: str) -> None:
+    """One PNG: for each (title, uint8 NHWC images) a title strip above a cols x rows grid of the images."""
+    from PIL import Image, ImageDraw
+    parts = []
+    for title, images in blocks:
+        tiles = make_grid(images, *grid)
+        strip = Image.new("L" if tiles.shape[2] == 1 else "RGB", (tiles.shape[1], 14), 255)
+        ImageDraw.Draw(strip).text((2, 1), title, fill=0)
+        strip_arr = np.asarray(strip).reshape(14, tiles.shape[1], tiles.shape[2])
+        parts += [strip_arr, tiles]
+    save_png(np.concatenate(parts), path)
+
+
+def _stats_by_kimg(run_dir: str) -> dict[float, dict]:
+    """stats.jsonl of a run keyed by Progress/kimg (rounded to 1e-3)."""
+    out = {}
+    with open(os.path.join(run_dir, "stats.jsonl"), encoding="utf-8") as f:
+        for line in f:
+            if line.strip():
+                rec = json.loads(line)
+                out[round(rec["Progress/kimg"]["mean"], 3)] = rec
+    return out
+
+
+def _snapshots(run_dir: str) -> list[str]:
+    return sorted(glob.glob(os.path.join(run_dir, "network-snapshot-*.pkl")))
+
+
+def _format_seconds(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    s = int(round(seconds))
+    return f"{s} s" if s < 60 else f"{s // 60}m {s % 60:02d}s"
+
+
+# ---- the comparison ------------------------------------------------------------------------------------------------
+
+@dataclass
+class RunResult:
+    """One fine-tuning run: its options, where it lives and its metric points (kimg relative to the start)."""
+    objective: str
+    loss: str
+    k: float | None
+    seed: int
+    run_dir: str
+    points: list[dict]
+    train_sec: float = 0.0
+    eval_sec: float = 0.0
+
+
+def _validate(network: str, data: str, ref: str, objectives: Sequence[Objective], seeds: Sequence[int], kimg: float,
+              snap_kimg: float, metrics: Sequence[str], metrics_num: int | None,
+              train_options: dict) -> tuple[list[str], ImageFolderDataset, ImageFolderDataset]:
+    if not objectives:
+        raise CompareError("no objectives given; e.g. --objectives logistic,rooted:8")
+    if not seeds:
+        raise CompareError("no seeds given; e.g. --seeds 0,1")
+    for value, name in ((kimg, "kimg"), (snap_kimg, "snap-kimg")):
+        if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+            raise CompareError(f"--{name} must be a positive number of thousands of images, got {value!r}")
+    if snap_kimg > kimg:
+        raise CompareError(f"--snap-kimg {snap_kimg:g} is longer than the whole run (--kimg {kimg:g}); "
+                           f"choose a snapshot interval of at most {kimg:g}")
+    try:
+        names = validate_metric_names(list(metrics))
+    except MetricError as e:
+        raise CompareError(f"--metrics: {e}") from e
+    if not names:
+        raise CompareError("--metrics: at least one metric is needed (fid50k_full, kid50k_full)")
+    if metrics_num is not None and (isinstance(metrics_num, bool) or not isinstance(metrics_num, int)
+                                    or metrics_num < 2):
+        raise CompareError(f"--metrics-num must be an integer of at least 2, got {metrics_num!r}")
+    clash = sorted(set(train_options) & set(CONTROLLED_OPTIONS))
+    if clash:
+        raise CompareError(f"training option(s) {clash} are set by the comparison itself; use its own arguments")
+    if not os.path.exists(network) and "://" not in network:
+        raise CompareError(f"--network {network}: file not found")
+    datasets = []
+    for flag, path in (("--data", data), ("--ref", ref)):
+        try:
+            datasets.append(ImageFolderDataset(path))
+        except (DatasetError, OSError) as e:
+            raise CompareError(f"{flag} {path}: {e}") from e
+    a, b = datasets
+    if (a.resolution, a.num_channels) != (b.resolution, b.num_channels):
+        raise CompareError(f"--data {data} has {a.num_channels}-channel {a.resolution}x{a.resolution} images but "
+                           f"--ref {ref} has {b.num_channels}-channel {b.resolution}x{b.resolution} ones; compare "
+                           f"like with like")
+    return names, a, b
+
+
+def compare_objectives(*, network: str, data: str, ref: str, objectives: Sequence[Objective], seeds: Sequence[int],
+                       kimg: float, snap_kimg: float, outdir: str,
+                       metrics: Sequence[str] = ("fid50k_full", "kid50k_full"), metrics_num: int | None = None,
+                       device: str = "auto", train_options: dict | None = None, grid: tuple[int, int] = (8, 4),
+                       metric_seed: int = 0, inception_weights: str | None = None,
+                       log: Callable[[str], Any] = print, show_progress: bool = True) -> dict:
+    """Fine-tune `network` on `data` for `kimg` (on top of its own progress) once per objective and seed, with
+    FID/KID against `ref` every `snap_kimg`; write the comparison into `outdir`; return the summary dict.
+
+    `train_options` are further setup_training_options keywords (batch, gamma, mirror, aug, ...), the same for all
+    runs. Every run's options are validated before the first one starts.
+    """
+    train_options = dict(train_options or {})
+    names, data_set, ref_set = _validate(network, data, ref, objectives, seeds, kimg, snap_kimg, metrics,
+                                         metrics_num, train_options)
+    trust = bool(train_options.get("trust_pickle", False))
+    try:
+        start = load_network_pkl(network, trust_pickle=trust)
+    except (PickleError, OSError) as e:
+        raise CompareError(f"--network {network}: {e}") from e
+    start_nimg = int((start.get("progress") or {}).get("cur_nimg", 0))
+    start_kimg = start_nimg / 1000
+
+    plans = []
+    for obj in objectives:
+        for seed in seeds:
+            try:
+                desc, options = setup_training_options(
+                    data=data, resume=network, loss=obj.loss, k=obj.k, seed=seed, kimg=start_kimg + kimg,
+                    tick=snap_kimg, snap=1, device=device, desc=f"seed{seed}", **train_options)
+            except TrainingOptionsError as e:
+                raise CompareError(f"{obj.label}, seed {seed}: {e}") from e
+            except TypeError as e:
+                raise CompareError(f"unknown training option: {e}") from e
+            plans.append((obj, seed, desc, options))
+    run_device = torch.device(plans[0][3].device)
+    os.makedirs(outdir, exist_ok=True)
+    weights = dict(inception_weights=inception_weights)
+    config = dict(network=network, data=data, ref=ref, objectives=[asdict(o) for o in objectives],
+                  seeds=list(seeds), kimg=kimg, snap_kimg=snap_kimg, start_kimg=start_kimg, metrics=names,
+                  metrics_num=metrics_num, metric_seed=metric_seed, device=str(run_device),
+                  batch=plans[0][3].batch_size, train_options=train_options, num_data=len(data_set),
+                  num_ref=len(ref_set), mirror=bool(plans[0][3].training_set_kwargs["xflip"]))
+    timings: dict[str, float] = {}
+    num_runs = len(plans)
+    log(f"Comparing {num_runs} run(s): {', '.join(o.label for o in objectives)} x seeds "
+        f"{', '.join(map(str, seeds))}; {kimg:g} kimg each, FID/KID every {snap_kimg:g} kimg on {run_device}")
+
+    t0 = time.time()
+    log(f"Noise floor: {', '.join(names)} of {data} ({len(data_set)} images) against {ref} ({len(ref_set)})...")
+    floor = {r["metric"]: r["results"][r["metric"]]
+             for r in evaluate_datasets(data, ref, metrics=names, device=run_device, seed=metric_seed, **weights)}
+    log("Noise floor: " + _format_values(floor))
+    timings["noise_floor_sec"] = time.time() - t0
+
+    t0 = time.time()
+    G0 = (start.get("G_ema") or start["G"])
+    log(f"Start network (kimg 0, shared by all runs): {', '.join(names)} of {metrics_num or 'the default number of'} "
+        f"generated images against {ref}...")
+    start_records = evaluate_snapshot(G0, metrics=names, data=ref, num_gen=metrics_num, device=run_device,
+                                      seed=metric_seed, snapshot_pkl=os.path.abspath(network), verbose=show_progress,
+                                      **weights)
+    start_records = [dict(r, kimg=0.0, shared_start=True) for r in start_records]
+    start_point = dict(kimg=0.0, wall_sec=0.0, snapshot=os.path.abspath(network),
+                       **{r["metric"]: r["results"][r["metric"]] for r in start_records})
+    log("Start network: " + _format_values(start_point))
+    before = grid_images(G0, grid, run_device)
+    save_labelled_blocks([("before (start network)", before)], grid, os.path.join(outdir, "grid-start.png"))
+    timings["start_eval_sec"] = time.time() - t0
+    del G0, start
+
+    results: list[RunResult] = []
+    for i, (obj, seed, desc, options) in enumerate(plans):
+        log(f"\n[run {i + 1}/{num_runs}] {obj.label}, seed {seed}: fine-tuning for {kimg:g} kimg...")
+        t0 = time.time()
+        run_dir = launch_training(desc, options, os.path.join(outdir, "runs"), show_progress=show_progress)
+        train_sec = time.time() - t0
+        log(f"[run {i + 1}/{num_runs}] trained in {_format_seconds(train_sec)}: {run_dir}")
+        t0 = time.time()
+        append_records(start_records, run_dir)
+        result = RunResult(objective=obj.label, loss=obj.loss, k=obj.k, seed=seed, run_dir=run_dir,
+                           points=[dict(start_point)], train_sec=train_sec)
+        result.points += _evaluate_run(run_dir, names, ref, metrics_num, run_device, metric_seed, start_nimg, trust,
+                                       weights, show_progress, log, f"[run {i + 1}/{num_runs}]")
+        final = load_network_pkl(_snapshots(run_dir)[-1], trust_pickle=trust)
+        after = grid_images(final["G_ema"], grid, run_device)
+        final_kimg = result.points[-1]["kimg"]
+        save_labelled_blocks([("before (start network)", before),
+                              (f"after {final_kimg:g} kimg, {obj.label}, seed {seed}", after)], grid,
+                             os.path.join(outdir, f"grid-{obj.slug}-seed{seed}.png"))
+        result.eval_sec = time.time() - t0
+        results.append(result)
+        summary = _summary(config, floor, results, timings)
+        write_outputs(summary, outdir)
+        log(f"[run {i + 1}/{num_runs}] done; {outdir}/summary.md updated")
+    log(f"\nWrote {outdir}: summary.md, summary.json, metrics.png, grid-*.png, runs/")
+    return summary
+
+
+def _format_values(values: dict) -> str:
+    return ", ".join(f"{METRIC_LABELS.get(n, n)} {values[n]:.4g}" for n in METRIC_LABELS if n in values)
+
+
+def _evaluate_run(run_dir: str, names: list[str], ref: str, metrics_num: int | None, device: torch.device,
+                  metric_seed: int, start_nimg: int, trust: bool, weights: dict, show_progress: bool,
+                  log: Callable[[str], Any], prefix: str) -> list[dict]:
+    """FID/KID of every snapshot of a finished run (except one taken after a fresh run's first iteration), appended
+    to its metric-<name>.jsonl with the kimg since the start; returns the points."""
+    stats = _stats_by_kimg(run_dir)
+    points = []
+    for path in _snapshots(run_dir):
+        snap = load_network_pkl(path, trust_pickle=trust)
+        progress = snap.get("progress") or {}
+        if progress.get("cur_tick") == 0:
+            continue  # a fresh run's tick 0 comes after one iteration: the shared start evaluation stands for it
+        kimg = (int(progress["cur_nimg"]) - start_nimg) / 1000
+        log(f"{prefix} evaluating {os.path.basename(path)} (kimg {kimg:g})...")
+        records = evaluate_snapshot(snap["G_ema"], metrics=names, data=ref, num_gen=metrics_num, device=device,
+                                    seed=metric_seed, snapshot_pkl=os.path.basename(path), verbose=show_progress,
+                                    **weights)
+        records = [dict(r, kimg=kimg) for r in records]
+        append_records(records, run_dir)
+        tick = stats.get(round(int(progress["cur_nimg"]) / 1000, 3))
+        point = dict(kimg=kimg, wall_sec=tick["Timing/total_sec"]["mean"] if tick else None,
+                     snapshot=os.path.basename(path), **{r["metric"]: r["results"][r["metric"]] for r in records})
+        log(f"{prefix} kimg {kimg:g}: " + _format_values(point))
+        points.append(point)
+    return points
+
+
+def _summary(config: dict, floor: dict, results: Sequence[RunResult], timings: dict) -> dict:
+    return dict(config=config, noise_floor=floor, runs=[asdict(r) for r in results],
+                timings=dict(timings, train_sec=sum(r.train_sec for r in results),
+                             eval_sec=sum(r.eval_sec for r in results)))
+
+
+# ---- outputs -------------------------------------------------------------------------------------------------------
+
+def write_outputs(summary: dict, outdir: str) -> None:
+    """summary.json, summary.md and metrics.png from a summary dict (all written atomically)."""
+    with atomic_write(os.path.join(outdir, "summary.json"), "w") as f:
+        json.dump(summary, f, indent=2)
+    with atomic_write(os.path.join(outdir, "summary.md"), "w") as f:
+        f.write(summary_markdown(summary))
+    plot_metrics(summary, os.path.join(outdir, "metrics.png"))
+
+
+def _metric_cell(name: str, value: float | None) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.4f}" if name.startswith("kid") else f"{value:.2f}"
+
+
+def _table(rows: list[list[str]], header: list[str]) -> list[str]:
+    return ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"] + \
+        ["| " + " | ".join(r) + " |" for r in rows]
+
+
+def summary_markdown(summary: dict) -> str:
+    """The human-readable comparison: set-up, noise floor, final and per-snapshot tables (and seed means)."""
+    cfg, floor, runs = summary["config"], summary["noise_floor"], summary["runs"]
+    names = cfg["metrics"]
+    header = ["objective", "k", "seed", "kimg"] + [METRIC_LABELS.get(n, n) for n in names] + ["wall time"]
+
+    def row(run: dict | None, point: dict) -> list[str]:
+        ident = [START_LABEL, "-", "-"] if run is None else \
+            [run["loss"], "-" if run["k"] is None else format_k(run["k"]), str(run["seed"])]
+        return ident + [f"{point['kimg']:g}"] + [_metric_cell(n, point.get(n)) for n in names] + \
+            [_format_seconds(point.get("wall_sec")) if run is not None else "-"]
+
+    num = cfg["metrics_num"] if cfg["metrics_num"] is not None else "50k (default)"
+    lines = [
+        "# Objective comparison", "",
+        f"Start network `{cfg['network']}` (at {cfg['start_kimg']:g} kimg of its own training; kimg below counts "
+        f"from there), fine-tuned on `{cfg['data']}` ({cfg['num_data']} images"
+        f"{', x-flips added' if cfg['mirror'] else ''}) for {cfg['kimg']:g} kimg per run, batch {cfg['batch']}, "
+        f"on {cfg['device']}. Same seeds, budget and options for every run"
+        + (f" (extra training options: {', '.join(f'{k}={v}' for k, v in cfg['train_options'].items())})"
+           if cfg["train_options"] else "") + ".",
+        f"Metrics: {num} generated images (fixed latents, metric seed {cfg['metric_seed']}) against "
+        f"`{cfg['ref']}` ({cfg['num_ref']} images), every {cfg['snap_kimg']:g} kimg. "
+        "Wall time: training time up to that snapshot (from stats.jsonl; metric evaluation not included).", "",
+        "## Noise floor", "",
+        f"Real against real: the training images (`{cfg['data']}`, {cfg['num_data']}) against the reference "
+        f"(`{cfg['ref']}`, {cfg['num_ref']}): " + ", ".join(f"{METRIC_LABELS.get(n, n)} {_metric_cell(n, floor[n])}"
+                                                            for n in names if n in floor) + ".",
+        "A generator as good as the training set itself would score about this; differences between runs smaller "
+        "than the spread between seeds mean nothing. FID is biased upward for small samples, so it is comparable "
+        "with the floor only when the number of generated images equals the training set size; KID is unbiased.", "",
+        "## Final snapshot of each run", "",
+    ]
+    finals = [row(r, r["points"][-1]) for r in runs if len(r["points"]) > 1]
+    start = runs[0]["points"][0] if runs else None
+    lines += _table(([row(None, start)] if start else []) + finals, header)
+    if runs and len({r["seed"] for r in runs}) > 1:
+        lines += ["", "## Mean over seeds (final snapshots)", ""]
+        mean_rows = []
+        for label in dict.fromkeys(r["objective"] for r in runs):
+            group = [r for r in runs if r["objective"] == label and len(r["points"]) > 1]
+            if not group:
+                continue
+            cells = [group[0]["loss"], "-" if group[0]["k"] is None else format_k(group[0]["k"]), str(len(group))]
+            for n in names:
+                vals = np.array([g["points"][-1][n] for g in group])
+                cells.append(f"{_metric_cell(n, vals.mean())} ± {_metric_cell(n, vals.std(ddof=1) if len(vals) > 1 else 0.0)}")
+            mean_rows.append(cells)
+        lines += _table(mean_rows, ["objective", "k", "seeds"] + [METRIC_LABELS.get(n, n) + " (mean ± sd)"
+                                                                   for n in names])
+    lines += ["", "## Every snapshot", ""]
+    lines += _table(([row(None, start)] if start else []) +
+                    [row(r, p) for r in runs for p in r["points"][1:]], header)
+    t = summary["timings"]
+    lines += ["", f"Time: noise floor {_format_seconds(t.get('noise_floor_sec'))}, start network "
+                  f"{_format_seconds(t.get('start_eval_sec'))}, training {_format_seconds(t['train_sec'])}, "
+                  f"snapshot evaluation and grids {_format_seconds(t['eval_sec'])}.",
+              "Run directories: " + ", ".join(f"`{os.path.relpath(r['run_dir'])}`" for r in runs) + ".", ""]
+    return "\n".join(lines)
+
+
+def plot_metrics(summary: dict, path: str) -> None:
+    """metrics.png: each metric against kimg, one line per run, the noise floor dashed."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    names = summary["config"]["metrics"]
+    fig, axes = plt.subplots(1, len(names), figsize=(5.5 * len(names), 4), squeeze=False)
+    labels = list(dict.fromkeys(r["objective"] for r in summary["runs"]))
+    styles = ["-", "--", ":", "-."]
+    for ax, name in zip(axes[0], names):
+        for r in summary["runs"]:
+            xs = [p["kimg"] for p in r["points"]]
+            ys = [p[name] for p in r["points"]]
+            seed_idx = summary["config"]["seeds"].index(r["seed"]) if r["seed"] in summary["config"]["seeds"] else 0
+            ax.plot(xs, ys, marker="o", color=f"C{labels.index(r['objective'])}",
+                    linestyle=styles[seed_idx % len(styles)], label=f"{r['objective']}, seed {r['seed']}")
+        if name in summary["noise_floor"]:
+            ax.axhline(summary["noise_floor"][name], color="gray", linestyle="--", linewidth=1,
+                       label="noise floor (train vs ref)")
+        ax.set_xlabel("kimg (fine-tuning)")
+        ax.set_ylabel(METRIC_LABELS.get(name, name))
+        ax.set_title(f"{METRIC_LABELS.get(name, name)} against the reference set (lower is better)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    with atomic_write(path, "wb") as f:
+        fig.savefig(f, format="png", dpi=100)
+    plt.close(fig)
