@@ -13,7 +13,6 @@ import glob
 import json
 import math
 import os
-import re
 import time
 from dataclasses import asdict, dataclass
 from typing import Any, Callable, Sequence
@@ -162,7 +161,7 @@ class RunResult:
 
 
 def _validate(network: str, data: str, ref: str, objectives: Sequence[Objective], seeds: Sequence[int], kimg: float,
-              snap_kimg: float, metrics: Sequence[str], metrics_num: int | None,
+              snap_kimg: float, metrics: Sequence[str], metrics_num: int | None, ema_kimg: float | None,
               train_options: dict) -> tuple[list[str], ImageFolderDataset, ImageFolderDataset]:
     if not objectives:
         raise CompareError("no objectives given; e.g. --objectives logistic,rooted:8")
@@ -174,12 +173,18 @@ def _validate(network: str, data: str, ref: str, objectives: Sequence[Objective]
     if snap_kimg > kimg:
         raise CompareError(f"--snap-kimg {snap_kimg:g} is longer than the whole run (--kimg {kimg:g}); "
                            f"choose a snapshot interval of at most {kimg:g}")
+    if snap_kimg < 1 and snap_kimg != kimg:
+        raise CompareError(f"--snap-kimg {snap_kimg:g}: snapshots are named by whole kimg, so intervals below 1 "
+                           f"would overwrite each other; use at least 1 (or one snapshot: --snap-kimg = --kimg)")
     try:
         names = validate_metric_names(list(metrics))
     except MetricError as e:
         raise CompareError(f"--metrics: {e}") from e
     if not names:
         raise CompareError("--metrics: at least one metric is needed (fid50k_full, kid50k_full)")
+    if ema_kimg is not None and not (isinstance(ema_kimg, (int, float)) and math.isfinite(ema_kimg)
+                                     and ema_kimg > 0):
+        raise CompareError(f"--ema-kimg must be a positive number, got {ema_kimg!r}")
     if metrics_num is not None and (isinstance(metrics_num, bool) or not isinstance(metrics_num, int)
                                     or metrics_num < 2):
         raise CompareError(f"--metrics-num must be an integer of at least 2, got {metrics_num!r}")
@@ -205,18 +210,20 @@ def _validate(network: str, data: str, ref: str, objectives: Sequence[Objective]
 def compare_objectives(*, network: str, data: str, ref: str, objectives: Sequence[Objective], seeds: Sequence[int],
                        kimg: float, snap_kimg: float, outdir: str,
                        metrics: Sequence[str] = ("fid50k_full", "kid50k_full"), metrics_num: int | None = None,
-                       device: str = "auto", train_options: dict | None = None, grid: tuple[int, int] = (8, 4),
+                       device: str = "auto", train_options: dict | None = None, ema_kimg: float | None = None,
+                       grid: tuple[int, int] = (8, 4),
                        metric_seed: int = 0, inception_weights: str | None = None,
                        log: Callable[[str], Any] = print, show_progress: bool = True) -> dict:
     """Fine-tune `network` on `data` for `kimg` (on top of its own progress) once per objective and seed, with
     FID/KID against `ref` every `snap_kimg`; write the comparison into `outdir`; return the summary dict.
 
     `train_options` are further setup_training_options keywords (batch, gamma, mirror, aug, ...), the same for all
-    runs. Every run's options are validated before the first one starts.
+    runs; `ema_kimg` sets the G_ema half-life (the preset's 10 kimg is too long for short runs). Every run's
+    options are validated before the first one starts.
     """
     train_options = dict(train_options or {})
     names, data_set, ref_set = _validate(network, data, ref, objectives, seeds, kimg, snap_kimg, metrics,
-                                         metrics_num, train_options)
+                                         metrics_num, ema_kimg, train_options)
     trust = bool(train_options.get("trust_pickle", False))
     try:
         start = load_network_pkl(network, trust_pickle=trust)
@@ -236,6 +243,8 @@ def compare_objectives(*, network: str, data: str, ref: str, objectives: Sequenc
                 raise CompareError(f"{obj.label}, seed {seed}: {e}") from e
             except TypeError as e:
                 raise CompareError(f"unknown training option: {e}") from e
+            if ema_kimg is not None:
+                options.ema_kimg = float(ema_kimg)
             plans.append((obj, seed, desc, options))
     run_device = torch.device(plans[0][3].device)
     os.makedirs(outdir, exist_ok=True)
@@ -243,8 +252,8 @@ def compare_objectives(*, network: str, data: str, ref: str, objectives: Sequenc
     config = dict(network=network, data=data, ref=ref, objectives=[asdict(o) for o in objectives],
                   seeds=list(seeds), kimg=kimg, snap_kimg=snap_kimg, start_kimg=start_kimg, metrics=names,
                   metrics_num=metrics_num, metric_seed=metric_seed, device=str(run_device),
-                  batch=plans[0][3].batch_size, train_options=train_options, num_data=len(data_set),
-                  num_ref=len(ref_set), mirror=bool(plans[0][3].training_set_kwargs["xflip"]))
+                  batch=plans[0][3].batch_size, ema_kimg=plans[0][3].ema_kimg, train_options=train_options,
+                  num_data=len(data_set), num_ref=len(ref_set), mirror=bool(plans[0][3].training_set_kwargs["xflip"]))
     timings: dict[str, float] = {}
     num_runs = len(plans)
     log(f"Comparing {num_runs} run(s): {', '.join(o.label for o in objectives)} x seeds "
@@ -258,7 +267,7 @@ def compare_objectives(*, network: str, data: str, ref: str, objectives: Sequenc
     timings["noise_floor_sec"] = time.time() - t0
 
     t0 = time.time()
-    G0 = (start.get("G_ema") or start["G"])
+    G0 = start["G_ema"] if start.get("G_ema") is not None else start["G"]
     log(f"Start network (kimg 0, shared by all runs): {', '.join(names)} of {metrics_num or 'the default number of'} "
         f"generated images against {ref}...")
     start_records = evaluate_snapshot(G0, metrics=names, data=ref, num_gen=metrics_num, device=run_device,

@@ -34,14 +34,16 @@ def _backend(device: str) -> str:
     return "nccl" if device == "cuda" else "gloo"
 
 
-def _spawned_worker(rank: int, run_dir: str, options: dict, init_file: str, loop_kwargs: dict) -> None:
-    """Entry point of one `--gpus N` process."""
+def _spawned_worker(rank: int, run_dir: str, options: dict, init_file: str, loop_kwargs: dict) -> dict:
+    """Entry point of one `--gpus N` process; returns this rank's final training state (see training_loop)."""
     if options["device"] == "cuda":
         torch.cuda.set_device(rank)
+    else:  # CPU ranks share the cores instead of each starting one thread per core
+        torch.set_num_threads(max(1, torch.get_num_threads() // options["num_gpus"]))
     torch.distributed.init_process_group(backend=_backend(options["device"]), init_method=f"file://{init_file}",
                                          rank=rank, world_size=options["num_gpus"])
     try:
-        training_loop(run_dir=run_dir, rank=rank, **options, **loop_kwargs)
+        return training_loop(run_dir=run_dir, rank=rank, **options, **loop_kwargs)
     finally:
         torch.distributed.destroy_process_group()
 

@@ -117,17 +117,18 @@ def modulated_conv2d(
         weight = weight * (1 / np.sqrt(in_channels * kh * kw) / weight_max)
         styles = styles / styles.abs().amax(dim=1, keepdim=True)
 
-    w = None  # [N, O, I, kh, kw] modulated weight
     dcoefs = None  # [N, O] demodulation coefficients
-    if demodulate or fused_modconv:
-        w = weight.unsqueeze(0) * styles.reshape(batch_size, 1, -1, 1, 1)
     if demodulate:
-        dcoefs = (w.square().sum(dim=[2, 3, 4]) + 1e-8).rsqrt()
+        # |weight[o] * styles[n]|^2 summed over (i, kh, kw) is styles[n]^2 @ (weight[o]^2 summed over kh, kw): a
+        # small matmul instead of materializing the [N, O, I, kh, kw] modulated weight (same value, far cheaper).
+        dcoefs = (styles.square() @ weight.square().sum(dim=[2, 3]).t() + 1e-8).rsqrt()
 
     if not fused_modconv:
         return _modconv_separate(x, weight, styles, dcoefs, noise, up, down, padding, resample_filter, flip_weight)
+    scales = styles.unsqueeze(1)  # [N, 1, I]: the per-sample factor of the modulated weight [N, O, I, kh, kw]
     if dcoefs is not None:
-        w = w * dcoefs.reshape(batch_size, -1, 1, 1, 1)
+        scales = scales * dcoefs.unsqueeze(2)
+    w = weight.unsqueeze(0) * scales.unsqueeze(3).unsqueeze(4)
     return _modconv_fused(x, w, noise, up, down, padding, resample_filter, flip_weight)
 
 

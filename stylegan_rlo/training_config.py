@@ -365,7 +365,7 @@ def setup_training_options(*, data: str, resume: str | None = None, loss: str = 
     if resume is not None:
         try:
             resume_data = load_network_pkl(resume, trust_pickle=bool(trust_pickle))
-        except (PickleError, OSError) as e:
+        except (PickleError, OSError, ValueError) as e:  # ValueError: e.g. an unsupported URL scheme
             raise TrainingOptionsError(f"--resume {resume}: {e}") from e
         G_kwargs, D_kwargs = _resumed_networks(resume_data, resume, spec, cfg, resolution, channels, c_dim, explicit)
         progress = resume_data.get("progress") or {}

@@ -11,6 +11,7 @@ import pickle
 import re
 import subprocess
 import sys
+import textwrap
 import types
 
 import numpy as np
@@ -774,7 +775,8 @@ def test_official_api_checker_catches_violations():
            "def f(a: int | None) -> list[int]:\n    exec('1')\n")
     problems = "\n".join(official_api_violations(src))
     for expected in ("import os", "from stylegan_rlo import fileio", "from torch_utils.misc import constant",
-                     "from . import x", "misc.not_official", "no parameter 'bogus'", "required official parameters ['f']",
+                     "from . import x", "misc.not_official", "no parameter 'bogus'",
+                     "required official parameters ['f']",
                      "3 positional arguments", "'value' given twice", "module misc used other than",
                      "*args/**kwargs", "our_extra", "int | None", "list[int]", "dynamic code or import: exec"):
         assert expected in problems, expected
@@ -857,3 +859,59 @@ def test_official_legacy_loader_reads_our_pickle(saved, tmp_path):
         assert (result["img"] - ref["img_const"]).abs().max().item() <= 1e-5
         assert (result["D"] - ref["D_logits"]).abs().max().item() <= 1e-5
         assert float(result["p"]) == pytest.approx(float(ref["augment_p"]))
+
+
+@pytest.mark.skipif(not OFFICIAL_CHECKOUT, reason="maintainer check: set STYLEGAN2_ADA_PYTORCH_DIR to a checkout of "
+                                                  "the official StyleGAN2-ADA PyTorch code")
+def test_networks_match_official_code_in_every_architecture(tmp_path):
+    """FFHQ-like widths, all architectures, with and without labels: the official networks.py and ours (both run
+    on the official torch_utils) give bit-identical outputs from the same weights."""
+    script = textwrap.dedent("""
+        import sys, types, torch
+        sys.path.insert(0, sys.argv[1])
+        from torch_utils import misc, persistence
+
+        def load(path, name):  # what the official loader does with a pickle's module_src
+            src = open(path).read()
+            module = types.ModuleType(name)
+            sys.modules[name] = module
+            persistence._module_to_src_dict[module] = src
+            persistence._src_to_module_dict[src] = module
+            exec(src, module.__dict__)
+            return module
+
+        ours = load(sys.argv[2], '_ours')
+        official = load(sys.argv[1] + '/training/networks.py', '_official')
+        gen = torch.Generator().manual_seed(0)
+        for arch in ('orig', 'skip', 'resnet'):
+            for c_dim in (0, 10):
+                common = dict(c_dim=c_dim, img_resolution=64, img_channels=3)
+                widths = dict(channel_base=32768, channel_max=512, num_fp16_res=4, conv_clamp=256, architecture=arch)
+                G_kwargs = dict(common, z_dim=512, w_dim=512, mapping_kwargs=dict(num_layers=8),
+                                synthesis_kwargs=widths)
+                D_kwargs = dict(common, epilogue_kwargs=dict(mbstd_group_size=2), **widths)
+                z = torch.randn([2, 512], generator=gen)
+                c = torch.eye(c_dim)[[1, 7]] if c_dim else torch.zeros([2, 0])
+                img = torch.randn([2, 3, 64, 64], generator=gen)
+                for name, kwargs in (('Generator', G_kwargs), ('Discriminator', D_kwargs)):
+                    a = getattr(ours, name)(**kwargs).eval().requires_grad_(False)
+                    b = getattr(official, name)(**kwargs).eval().requires_grad_(False)
+                    for tensor_name, t in misc.named_params_and_buffers(a):
+                        if not tensor_name.endswith('resample_filter'):
+                            t.add_(torch.randn(t.shape, generator=gen) * 0.3)
+                    misc.copy_params_and_buffers(a, b, require_all=True)
+                    names = lambda net: [n for n, _ in misc.named_params_and_buffers(net)]
+                    assert names(a) == names(b), (name, arch)
+                    with torch.no_grad():
+                        if name == 'Generator':
+                            x = a(z, c, truncation_psi=0.7, noise_mode='const', force_fp32=True)
+                            y = b(z, c, truncation_psi=0.7, noise_mode='const', force_fp32=True)
+                        else:
+                            x, y = a(img, c, force_fp32=True), b(img, c, force_fp32=True)
+                    assert torch.equal(x, y), (name, arch, c_dim, (x - y).abs().max().item())
+        print('compared', flush=True)
+        """)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    done = subprocess.run([sys.executable, "-c", script, OFFICIAL_CHECKOUT, networks.__file__], check=True, env=env,
+                          cwd=str(tmp_path), timeout=600, capture_output=True, text=True)
+    assert "compared" in done.stdout

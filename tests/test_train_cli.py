@@ -90,7 +90,8 @@ def test_cli_resumes_fixture_then_its_own_snapshot(tmp_path, one_thread, small_g
 
     # Resume our own snapshot: kimg, tick and p continue (the new --p applies only to fresh starts).
     result = cli("--data", data, "--outdir", outdir, "--resume", os.path.join(run1, "network-snapshot-000000.pkl"),
-                 "--loss", loss, *extra, "--kimg", 0.016, "--snap", 5, "--p", 0.9, *FAST)
+                 "--loss", loss, *extra, "--kimg", 0.016, "--snap", 5, "--p", 0.9, *FAST,
+                 "--workers", 1)  # the last --workers wins: one loader process this time
     assert result.exit_code == 0, result.output
     run2 = only_run_dir(outdir)
     assert os.path.basename(run2).startswith("00001-")
@@ -107,7 +108,7 @@ def test_cli_resumes_fixture_then_its_own_snapshot(tmp_path, one_thread, small_g
 def test_dry_run_prints_options_and_writes_nothing(tmp_path):
     data = make_zip(tmp_path / "dogs.zip", num=4)
     result = cli("--data", data, "--outdir", tmp_path / "runs", "--resume", TINY_UNCOND, "--dry-run", "--aug", "fixed",
-                 "--p", 0.3, "--augpipe", "bgcfnc", "--kimg", 1, "--device", "cpu")
+                 "--p", 0.3, "--augpipe", "bgcfnc", "--kimg", 1, "--device", "cpu", "--desc", "try1")
     assert result.exit_code == 0, result.output
     printed = result.output.split("Training options:\n", 1)[1]
     options = json.JSONDecoder().raw_decode(printed)[0]
@@ -116,7 +117,7 @@ def test_dry_run_prints_options_and_writes_nothing(tmp_path):
     assert set(options["augment_kwargs"]) == {"xflip", "rotate90", "xint", "scale", "rotate", "aniso", "xfrac",
                                               "brightness", "contrast", "lumaflip", "hue", "saturation",
                                               "imgfilter", "noise", "cutout"}
-    assert "00000-dogs-auto-rooted8" in result.output and "Dry run" in result.output
+    assert "00000-dogs-auto-rooted8-try1" in result.output and "Dry run" in result.output
     assert not (tmp_path / "runs").exists()
 
 
@@ -237,6 +238,7 @@ def check_two_rank_run(outdir):
     assert snap["progress"]["cur_nimg"] == 8
 
 
+@pytest.mark.slow  # ~15-30 s; its worker is covered by test_training's DDP test, the CLI by the torchrun test
 def test_cli_gpus_2_spawns_two_gloo_ranks(tmp_path):
     data = make_zip(tmp_path / "dogs.zip", num=8)
     proc = run_script(tmp_path, ["--data", data, "--outdir", tmp_path / "runs", "--resume", TINY_UNCOND, "--gpus", 2,

@@ -58,16 +58,10 @@ def free_port() -> int:
 
 
 def ddp_rank_worker(rank: int, options: dict, run_dir: str, init_file: str, out_dir: str) -> None:
-    """One rank of a gloo process group: train with `options`, then save this rank's final G/D/G_ema tensors."""
-    import torch.distributed as dist
-
-    from stylegan_rlo.training_loop import training_loop
+    """One `--gpus N` rank (the launcher's own worker), which then saves its final G/D/G_ema tensors."""
+    from stylegan_rlo.launch import _spawned_worker
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=options["num_gpus"])
-    try:
-        state = training_loop(run_dir=run_dir, rank=rank, **options, show_progress=False, image_grid=(2, 2))
-    finally:
-        dist.destroy_process_group()
+    state = _spawned_worker(rank, run_dir, options, init_file, dict(show_progress=False, image_grid=(2, 2)))
     tensors = {f"{net}.{name}": t.detach().clone() for net in ("G", "D", "G_ema")
                for name, t in list(state[net].named_parameters()) + list(state[net].named_buffers())}
     torch.save(dict(tensors=tensors, cur_nimg=state["cur_nimg"], batch_idx=state["batch_idx"]),

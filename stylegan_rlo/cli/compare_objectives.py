@@ -9,11 +9,6 @@ import click
 from stylegan_rlo.cli.train import _bool_option
 from stylegan_rlo.generate import GenerateError, parse_grid
 
-# Training options passed through unchanged to every run (name -> click option arguments).
-_TRAIN_PASSTHROUGH = dict(batch=int, batch_gpu=int, gamma=float, glr=float, dlr=float, freezed=int,
-                          mbstd_group=int, aug=str, p=float, target=float, augpipe=str, workers=int, gpus=int)
-
-
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--network", required=True, metavar="PKL", help="Checkpoint every run starts from (path or URL).")
 @click.option("--data", required=True, metavar="PATH", help="Fine-tuning dataset (ZIP or folder).")
@@ -34,6 +29,8 @@ _TRAIN_PASSTHROUGH = dict(batch=int, batch_gpu=int, gamma=float, glr=float, dlr=
               "[default: the file `make setup` converts].")
 @click.option("--outdir", required=True, metavar="DIR", help="Output folder (summary, plots, grids, runs/).")
 @click.option("--device", default="auto", show_default=True, metavar="auto|cuda|cpu", help="Compute device.")
+@click.option("--ema-kimg", type=float, metavar="FLOAT", help="G_ema half-life in kimg [default: from --cfg auto, "
+              "10; use ~kimg/5 for short runs].")
 @click.option("--grid", default="8x4", show_default=True, metavar="COLSxROWS", help="Before/after image grid size.")
 @_bool_option("--mirror", "Add x-flipped copies of the fine-tuning dataset.")
 @click.option("--batch", type=int, metavar="INT", help="Total batch size [default: from --cfg auto].")
@@ -49,10 +46,12 @@ _TRAIN_PASSTHROUGH = dict(batch=int, batch_gpu=int, gamma=float, glr=float, dlr=
 @click.option("--augpipe", metavar="NAME", help="Augmentation pipeline [default: bgc].")
 @click.option("--workers", type=int, metavar="INT", help="DataLoader workers [default: 3].")
 @click.option("--gpus", type=int, metavar="INT", help="Processes (GPUs) per run [default: 1].")
+@_bool_option("--cond", "Conditional training on the dataset.json labels (--ref needs labels too).")
 @_bool_option("--trust-pickle", "Execute code embedded in the --network pickle (only for trusted files).")
 def main(network: str, data: str, ref: str, objectives: str, seeds: str, kimg: float, snap_kimg: float | None,
          metrics: str, metrics_num: int | None, metric_seed: int, inception_weights: str | None, outdir: str,
-         device: str, grid: str, mirror: bool, trust_pickle: bool, **passthrough) -> None:
+         device: str, ema_kimg: float | None, grid: str, mirror: bool, cond: bool, trust_pickle: bool,
+         **passthrough) -> None:
     """Compare adversarial objectives by fine-tuning one checkpoint once per objective and seed.
 
     \b
@@ -71,11 +70,10 @@ def main(network: str, data: str, ref: str, objectives: str, seeds: str, kimg: f
         grid_size = parse_grid(grid)
     except GenerateError as e:
         raise click.BadParameter(str(e), param_hint="--grid") from None
+    # The remaining options (--batch ... --gpus) go unchanged to every run's setup_training_options.
     train_options = {name: value for name, value in passthrough.items() if value is not None}
-    if mirror:
-        train_options["mirror"] = True
-    if trust_pickle:
-        train_options["trust_pickle"] = True
+    train_options.update({name: True for name, flag in (("mirror", mirror), ("cond", cond),
+                                                          ("trust_pickle", trust_pickle)) if flag})
     try:
         objective_list = parse_objectives(objectives)
         seed_list = parse_seeds(seeds)
@@ -85,7 +83,7 @@ def main(network: str, data: str, ref: str, objectives: str, seeds: str, kimg: f
         compare_objectives(network=network, data=data, ref=ref, objectives=objective_list, seeds=seed_list,
                            kimg=kimg, snap_kimg=kimg / 4 if snap_kimg is None else snap_kimg, outdir=outdir,
                            metrics=metrics.split(","), metrics_num=metrics_num, device=device,
-                           train_options=train_options, grid=grid_size, metric_seed=metric_seed,
+                           train_options=train_options, ema_kimg=ema_kimg, grid=grid_size, metric_seed=metric_seed,
                            inception_weights=inception_weights, log=click.echo)
     except CompareError as e:
         raise click.UsageError(str(e)) from None

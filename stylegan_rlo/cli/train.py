@@ -57,7 +57,8 @@ def _bool_option(name: str, help_text: str):
 @click.option("--kimg", type=float, metavar="FLOAT", help="Total training length in thousands of images "
               "[default: from --cfg].")
 @click.option("--tick", type=float, metavar="FLOAT", help="kimg per tick (status line, stats) [default: 4].")
-@click.option("--snap", type=int, metavar="INT", help="Ticks between snapshots and image grids [default: 50].")
+@click.option("--snap", type=int, metavar="INT", help="Ticks between snapshots and image grids [default: 50]. Files are "
+              "named by whole kimg as upstream, so a later one within the same kimg replaces the earlier one.")
 @click.option("--batch", type=int, metavar="INT", help="Total batch size [default: from --cfg].")
 @click.option("--batch-gpu", type=int, metavar="INT", help="Batch per forward pass per process "
               "[default: batch / gpus].")

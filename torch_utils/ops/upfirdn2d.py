@@ -141,22 +141,27 @@ def _upfirdn2d_ref(x: torch.Tensor, f: torch.Tensor | None, up=1, down=1, paddin
         x = F.pad(x, [0, upx - 1, 0, 0, 0, upy - 1])
         x = x.reshape([batch, channels, height * upy, width * upx])
 
-    # Pad with zeros; negative amounts crop.
-    x = F.pad(x, [padx0, padx1, pady0, pady1])
+    # Pad with zeros; negative amounts crop. The symmetric non-negative part is left to the convolution's own
+    # padding (much cheaper than a separate padded copy), the rest is done here.
+    convx, convy = max(min(padx0, padx1), 0), max(min(pady0, pady1), 0)
+    if [padx0, padx1, pady0, pady1] != [convx, convx, convy, convy]:
+        x = F.pad(x, [padx0 - convx, padx1 - convx, pady0 - convy, pady1 - convy])
 
-    # conv2d correlates, so the filter is flipped for a true convolution.
-    f = (f * (gain ** (f.ndim / 2))).to(x.dtype)
+    # conv2d correlates, so the filter is flipped for a true convolution. Downsampling keeps every down-th output,
+    # which is what a strided convolution computes directly.
+    f = f * (gain ** (f.ndim / 2)) if gain != 1 else f
+    f = f.to(x.dtype)
     if not flip_filter:
         f = f.flip(list(range(f.ndim)))
     if f.ndim == 2:
         weight = f[None, None].repeat([channels, 1, 1, 1])
-        x = conv2d_gradfix.conv2d(input=x, weight=weight, groups=channels)
-    else:
-        taps = f[None, None].repeat([channels, 1, 1])
-        x = conv2d_gradfix.conv2d(input=x, weight=taps.unsqueeze(2), groups=channels)  # along width
-        x = conv2d_gradfix.conv2d(input=x, weight=taps.unsqueeze(3), groups=channels)  # along height
-
-    return x[:, :, ::downy, ::downx]
+        return conv2d_gradfix.conv2d(input=x, weight=weight, stride=[downy, downx], padding=[convy, convx],
+                                     groups=channels)
+    taps = f[None, None].repeat([channels, 1, 1])
+    x = conv2d_gradfix.conv2d(input=x, weight=taps.unsqueeze(2), stride=[1, downx], padding=[0, convx],
+                              groups=channels)  # along width
+    return conv2d_gradfix.conv2d(input=x, weight=taps.unsqueeze(3), stride=[downy, 1], padding=[convy, 0],
+                                 groups=channels)  # along height
 
 
 # ---------------------------------------------------------------------------------------------

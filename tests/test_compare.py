@@ -1,0 +1,184 @@
+"""The objective comparison (stylegan_rlo.compare, scripts/compare_objectives.py): a tiny end-to-end comparison on
+the fixture network, checked against the runs' own metric records, stats and an independent rendering of the grids;
+option parsing and CLI errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+from PIL import Image
+
+from stylegan_rlo import compare, inception_weights, metrics
+from stylegan_rlo.cli.compare_objectives import main as cli_main
+from stylegan_rlo.compare import CompareError, Objective, compare_objectives, parse_objectives, parse_seeds
+from stylegan_rlo.pickles import load_network_pkl
+
+from training_fixtures import TINY_COND, TINY_UNCOND, make_zip, one_thread  # noqa: F401 (fixture)
+
+METRICS = ["fid50k_full", "kid50k_full"]
+GRID = (2, 2)
+STRIP = 14  # title strip height of compare.save_labelled_blocks
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory):
+    """The real converted Inception weights when `make setup` made them, else a seeded random-weight Inception of the
+    same layout (values are then meaningless, but every consistency check below still holds). Metric caches go to a
+    temporary folder."""
+    tmp = tmp_path_factory.mktemp("weights")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("DNNLIB_CACHE_DIR", str(tmp / "cache"))
+        path = inception_weights.default_weights_path()
+        if not os.path.isfile(path):
+            torch.manual_seed(0)
+            path = str(tmp / "random-inception.pth")
+            torch.save(inception_weights.fidelity_skeleton().state_dict(), path)
+        yield path
+
+
+def _records(run_dir: str, name: str) -> list[dict]:
+    with open(os.path.join(run_dir, f"metric-{name}.jsonl"), encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def _table_rows(markdown: str, heading: str) -> list[list[str]]:
+    """Cells of the markdown table that follows `## heading`."""
+    section = markdown.split(f"## {heading}\n", 1)[1].split("\n## ", 1)[0]
+    rows = [line for line in section.splitlines() if line.startswith("|")]
+    return [[c.strip() for c in row.strip("|").split("|")] for row in rows[2:]]
+
+
+def _tiles(png: str, block: int, count: int) -> np.ndarray:
+    """uint8 NHWC tiles of block `block` of a save_labelled_blocks image with 32x32 tiles in a GRID layout."""
+    img = np.asarray(Image.open(png).convert("RGB"))
+    cols, rows = GRID
+    block_h = STRIP + rows * 34 + 2
+    top = block * block_h + STRIP
+    return np.stack([img[top + 2 + (i // cols) * 34: top + 2 + (i // cols) * 34 + 32,
+                         2 + (i % cols) * 34: 2 + (i % cols) * 34 + 32] for i in range(count)])
+
+
+def test_parse_objectives_and_seeds():
+    objs = parse_objectives("logistic, rooted:2.5")
+    assert objs == [Objective("logistic", None), Objective("rooted", 2.5)]
+    assert [o.label for o in objs] == ["logistic", "rooted k=2.5"] and objs[1].slug == "rooted2.5"
+    assert parse_objectives("rooted") == [Objective("rooted", 8.0)]
+    for bad, message in [("hinge", "expected one of"), ("rooted:x", "k must be a number"),
+                         ("rooted:0", "positive"), ("logistic:2", "takes no k"), ("rooted:8,rooted", "twice")]:
+        with pytest.raises(CompareError, match=message):
+            parse_objectives(bad)
+    assert parse_seeds("0-2,7") == [0, 1, 2, 7]
+    with pytest.raises(CompareError, match="repeats"):
+        parse_seeds("1,1")
+    with pytest.raises(CompareError, match="bad seed list"):
+        parse_seeds("a")
+
+
+def test_compare_end_to_end(tmp_path, weights, one_thread):  # noqa: F811 (fixture)
+    data = make_zip(tmp_path / "train.zip", num=8, seed=0)
+    ref = make_zip(tmp_path / "ref.zip", num=6, seed=1)
+    outdir = str(tmp_path / "out")
+    lines: list[str] = []
+    summary = compare_objectives(
+        network=str(TINY_UNCOND), data=data, ref=ref, objectives=[Objective("logistic"), Objective("rooted", 8.0)],
+        seeds=[3], kimg=0.008, snap_kimg=0.008, outdir=outdir, metrics=METRICS, metrics_num=4, device="cpu",
+        train_options=dict(batch=4, workers=0, mirror=True), ema_kimg=0.002, grid=GRID, inception_weights=weights,
+        log=lines.append, show_progress=False)
+
+    with open(os.path.join(outdir, "summary.json"), encoding="utf-8") as f:
+        assert json.load(f) == summary
+    runs = summary["runs"]
+    assert [(r["loss"], r["k"], r["seed"]) for r in runs] == [("logistic", None, 3), ("rooted", 8.0, 3)]
+    assert any("[run 2/2]" in line for line in lines)
+
+    # The noise floor equals a direct dataset-vs-dataset evaluation.
+    direct = metrics.evaluate_datasets(data, ref, metrics=METRICS, inception_weights=weights)
+    assert summary["noise_floor"] == {r["metric"]: r["results"][r["metric"]] for r in direct}
+
+    start_stamps = set()
+    for run in runs:
+        opts = json.load(open(os.path.join(run["run_dir"], "training_options.json"), encoding="utf-8"))
+        assert (opts["loss"], opts["k"], opts["random_seed"], opts["ema_kimg"]) == (run["loss"], run["k"], 3, 0.002)
+        assert opts["batch_size"] == 4 and opts["training_set_kwargs"]["xflip"] is True
+        stats = [json.loads(line) for line in open(os.path.join(run["run_dir"], "stats.jsonl"), encoding="utf-8")]
+        for name in METRICS:
+            start_rec, final_rec = _records(run["run_dir"], name)  # tick 0 (after one iteration) is not evaluated
+            assert start_rec["shared_start"] is True and start_rec["kimg"] == 0
+            assert start_rec["snapshot_pkl"] == str(TINY_UNCOND) and start_rec["num_gen"] == 4
+            start_stamps.add((name, start_rec["timestamp"]))
+            assert final_rec["snapshot_pkl"] == "network-snapshot-000000.pkl" and final_rec["kimg"] == 0.008
+            assert [p[name] for p in run["points"]] == [start_rec["results"][name], final_rec["results"][name]]
+        assert [p["kimg"] for p in run["points"]] == [0.0, 0.008]
+        assert run["points"][-1]["wall_sec"] == stats[-1]["Timing/total_sec"]["mean"]
+        assert stats[-1]["Progress/kimg"]["mean"] == 0.008
+    assert len(start_stamps) == len(METRICS)  # the start network was evaluated once and shared
+    assert runs[0]["points"][-1]["fid50k_full"] != runs[1]["points"][-1]["fid50k_full"]
+
+    # summary.md: noise floor, one start row and one final row per run, with the records' values.
+    md = open(os.path.join(outdir, "summary.md"), encoding="utf-8").read()
+    floor = summary["noise_floor"]
+    assert f"FID {floor['fid50k_full']:.2f}, KID {floor['kid50k_full']:.4f}" in md
+    rows = _table_rows(md, "Final snapshot of each run")
+    assert rows[0][:4] == [compare.START_LABEL, "-", "-", "0"]
+    assert len(rows) == 3
+    for row, run in zip(rows[1:], runs):
+        final = run["points"][-1]
+        assert row == [run["loss"], "-" if run["k"] is None else "8", "3", "0.008", f"{final['fid50k_full']:.2f}",
+                       f"{final['kid50k_full']:.4f}", f"{round(final['wall_sec'])} s"]
+    assert "Mean over seeds" not in md  # one seed only
+
+    # Grids: 'before' is the start network on official seed latents 0..3, identical in every file; 'after' moved.
+    G = load_network_pkl(TINY_UNCOND)["G_ema"]
+    z = torch.from_numpy(np.concatenate([np.random.RandomState(s).randn(1, G.z_dim) for s in range(4)])).float()
+    with torch.no_grad():
+        expected = G(z, torch.zeros([4, 0]), noise_mode="const", force_fp32=True)
+    expected = (expected * 127.5 + 128).clamp(0, 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    before = _tiles(os.path.join(outdir, "grid-start.png"), 0, 4)
+    assert np.abs(before.astype(int) - expected.astype(int)).max() <= 1
+    for slug in ("logistic", "rooted8"):
+        path = os.path.join(outdir, f"grid-{slug}-seed3.png")
+        assert np.array_equal(_tiles(path, 0, 4), before)
+        assert not np.array_equal(_tiles(path, 1, 4), before)
+
+    plot = Image.open(os.path.join(outdir, "metrics.png"))
+    assert plot.format == "PNG" and plot.size == (1100, 400)
+    assert not [f for f in os.listdir(outdir) if f.endswith(".tmp")]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--objectives", "hinge"], "expected one of"),
+    (["--seeds", "2,2"], "repeats a seed"),
+    (["--kimg", "2", "--snap-kimg", "3"], "longer than the whole run"),
+    (["--kimg", "4", "--snap-kimg", "0.5"], "named by whole kimg"),
+    (["--metrics", "is50k"], "Inception Score is not offered"),
+    (["--metrics-num", "1"], "at least 2"),
+    (["--ema-kimg", "-1"], "ema-kimg must be a positive"),
+    (["--network", "/nonexistent/net.pkl"], "file not found"),
+    (["--ref", "/nonexistent/ref.zip"], "--ref /nonexistent/ref.zip"),
+    (["--gamma", "-1"], "--gamma must be"),
+    (["--network", str(TINY_COND)], "conditional network"),
+    (["--grid", "8"], "COLSxROWS"),
+])
+def test_cli_errors(tmp_path, args, message):
+    data = make_zip(tmp_path / "d.zip", num=4)
+    base = dict(zip(["--network", "--data", "--ref", "--kimg", "--outdir"],
+                    [str(TINY_UNCOND), data, data, "1", str(tmp_path / "out")]))
+    base.update(dict(zip(args[::2], args[1::2])))
+    result = CliRunner().invoke(cli_main, [x for kv in base.items() for x in kv] + ["--device", "cpu"])
+    assert result.exit_code == 2, result.output
+    assert re.search(re.escape(message), result.output), result.output
+    assert not os.path.exists(tmp_path / "out" / "runs")  # nothing started
+
+
+def test_channel_mismatch_is_refused(tmp_path):
+    a = make_zip(tmp_path / "a.zip", num=4, channels=3)
+    b = make_zip(tmp_path / "b.zip", num=4, channels=1)
+    with pytest.raises(CompareError, match="compare like with like"):
+        compare_objectives(network=str(TINY_UNCOND), data=a, ref=b, objectives=[Objective("logistic")], seeds=[0],
+                           kimg=1, snap_kimg=1, outdir=str(tmp_path / "out"), device="cpu")
