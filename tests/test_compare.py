@@ -168,7 +168,7 @@ def test_compare_end_to_end(tmp_path, weights, one_thread):  # noqa: F811 (fixtu
 def test_cli_errors(tmp_path, args, message):
     data = make_zip(tmp_path / "d.zip", num=4)
     base = dict(zip(["--network", "--data", "--ref", "--kimg", "--outdir"],
-                    [str(TINY_UNCOND), data, data, "1", str(tmp_path / "out")]))
+                    [str(TINY_UNCOND), data, data, "4", str(tmp_path / "out")]))
     base.update(dict(zip(args[::2], args[1::2])))
     result = CliRunner().invoke(cli_main, [x for kv in base.items() for x in kv] + ["--device", "cpu"])
     assert result.exit_code == 2, result.output
