@@ -182,3 +182,33 @@ def test_channel_mismatch_is_refused(tmp_path):
     with pytest.raises(CompareError, match="compare like with like"):
         compare_objectives(network=str(TINY_UNCOND), data=a, ref=b, objectives=[Objective("logistic")], seeds=[0],
                            kimg=1, snap_kimg=1, outdir=str(tmp_path / "out"), device="cpu")
+
+
+@pytest.mark.slow
+def test_compare_seeds_and_snapshots_slow(tmp_path, weights, one_thread):  # noqa: F811 (fixture)
+    """Two objectives x two seeds, two evaluated snapshots each: ordering, wall times, the mean-over-seeds table."""
+    data = make_zip(tmp_path / "train.zip", num=8, seed=0)
+    ref = make_zip(tmp_path / "ref.zip", num=6, seed=1)
+    outdir = str(tmp_path / "out")
+    summary = compare_objectives(
+        network=str(TINY_UNCOND), data=data, ref=ref, objectives=parse_objectives("logistic,rooted:2"), seeds=[0, 1],
+        kimg=2, snap_kimg=1, outdir=outdir, metrics=METRICS, metrics_num=4, device="cpu",
+        train_options=dict(batch=4, workers=0), grid=GRID, inception_weights=weights, log=lambda _m: None,
+        show_progress=False)
+    runs = summary["runs"]
+    assert [(r["k"], r["seed"]) for r in runs] == [(None, 0), (None, 1), (2.0, 0), (2.0, 1)]
+    for run in runs:
+        assert [p["kimg"] for p in run["points"]] == [0.0, 1.004, 2.0]  # tick 0 after one batch of 4, then 1 kimg
+        assert [p["snapshot"] for p in run["points"][1:]] == ["network-snapshot-000001.pkl",
+                                                               "network-snapshot-000002.pkl"]
+        assert 0 < run["points"][1]["wall_sec"] < run["points"][2]["wall_sec"]
+        for name in METRICS:
+            assert [r["results"][name] for r in _records(run["run_dir"], name)] == [p[name] for p in run["points"]]
+    md = open(os.path.join(outdir, "summary.md"), encoding="utf-8").read()
+    means = _table_rows(md, "Mean over seeds (final snapshots)")
+    for row, group in zip(means, (runs[:2], runs[2:])):
+        assert row[:3] == [group[0]["loss"], "-" if group[0]["k"] is None else "2", "2"]
+        fid = np.array([g["points"][-1]["fid50k_full"] for g in group], dtype=np.float64)
+        sd = np.sqrt(((fid - fid.mean()) ** 2).sum() / (len(fid) - 1))
+        assert row[3] == f"{fid.mean():.2f} ± {sd:.2f}"
+    assert len(_table_rows(md, "Every snapshot")) == 1 + 4 * 2
