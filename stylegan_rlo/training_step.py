@@ -51,16 +51,20 @@ def build_phases(G: torch.nn.Module, D: torch.nn.Module, G_opt_kwargs: dict, D_o
 @torch.no_grad()
 def sanitize_gradients_(params) -> torch.Tensor:
     """Replace non-finite gradient entries in place (NaN -> 0, +inf -> 1e5, -inf -> -1e5, as the official loop)
-    and return how many there were (a device tensor, so no synchronization is forced)."""
-    count = None
-    for param in params:
-        grad = param.grad
-        if grad is None:
-            continue
-        bad = torch.logical_not(torch.isfinite(grad)).sum()
-        count = bad if count is None else count + bad
-        torch.nan_to_num(grad, nan=0.0, posinf=1e5, neginf=-1e5, out=grad)
-    return count if count is not None else torch.zeros([], dtype=torch.int64)
+    and return how many there were (a device tensor, so no synchronization is forced).
+
+    Works on one flat copy of all gradients: a handful of large ops instead of several small ones per parameter.
+    """
+    grads = [param.grad for param in params if param.grad is not None]
+    if not grads:
+        return torch.zeros([], dtype=torch.int64)
+    flat = torch.cat([grad.flatten() for grad in grads])
+    # x * 0 is 0 for finite x and NaN otherwise; float ops are several times faster than isfinite's bool masks on CPU.
+    count = (flat * 0).nan_to_num_(nan=1.0).sum().to(torch.int64)
+    torch.nan_to_num(flat, nan=0.0, posinf=1e5, neginf=-1e5, out=flat)
+    parts = flat.split([grad.numel() for grad in grads])
+    torch._foreach_copy_(grads, [part.view_as(grad) for part, grad in zip(parts, grads)])
+    return count
 
 
 @torch.no_grad()

@@ -1,7 +1,8 @@
 """Fused bias + activation + gain + clamp (upstream-compatible `bias_act`).
 
-The PyTorch path (`impl='ref'`) is the reference and the CPU implementation; on CUDA tensors the
-compiled `bias_act_plugin` is used when it can be built (see torch_utils.custom_ops).
+The PyTorch path (`impl='ref'`) is the reference. With the default `impl='cuda'`, CUDA tensors use the
+compiled `bias_act_plugin` when it can be built (see torch_utils.custom_ops); elsewhere linear/relu/lrelu run
+through a fused PyTorch autograd function and the other activations through the reference.
 """
 
 from __future__ import annotations
@@ -83,7 +84,20 @@ def bias_act(x: torch.Tensor, b: torch.Tensor | None = None, dim: int = 1, act: 
     assert impl in ['ref', 'cuda']
     if impl == 'cuda' and x.device.type == 'cuda' and _init():
         return _BiasActCuda.apply(x, b, (dim, act, *_resolve(act, alpha, gain, clamp)[1:]))
+    if impl == 'cuda':
+        cfg = (dim, act, *_resolve(act, alpha, gain, clamp)[1:])
+        if act in _OUTPUT_DERIVATIVE_ACTS and cfg[3] > 0 and (act != 'linear' or cfg[4] >= 0):
+            _check_bias(x, b, dim)
+            return _BiasActTorch.apply(x, b, cfg)
     return _bias_act_ref(x=x, b=b, dim=dim, act=act, alpha=alpha, gain=gain, clamp=clamp)
+
+
+def _check_bias(x: torch.Tensor, b: torch.Tensor | None, dim: int) -> None:
+    """`b` must be None or a 1D tensor as long as dimension `dim` of `x`."""
+    if b is not None:
+        assert isinstance(b, torch.Tensor) and b.ndim == 1
+        assert 0 <= dim < x.ndim
+        assert b.shape[0] == x.shape[dim]
 
 
 @misc.profiled_function
@@ -93,10 +107,8 @@ def _bias_act_ref(x: torch.Tensor, b: torch.Tensor | None = None, dim: int = 1, 
     """Reference implementation with standard PyTorch ops."""
     assert isinstance(x, torch.Tensor)
     spec, alpha, gain, clamp = _resolve(act, alpha, gain, clamp)
+    _check_bias(x, b, dim)
     if b is not None:
-        assert isinstance(b, torch.Tensor) and b.ndim == 1
-        assert 0 <= dim < x.ndim
-        assert b.shape[0] == x.shape[dim]
         x = x + b.reshape([-1 if i == dim else 1 for i in range(x.ndim)])
     x = spec.func(x, alpha=alpha)
     if gain != 1:
@@ -104,6 +116,64 @@ def _bias_act_ref(x: torch.Tensor, b: torch.Tensor | None = None, dim: int = 1, 
     if clamp >= 0:
         x = x.clamp(-clamp, clamp)
     return x
+
+
+# ---------------------------------------------------------------------------------------------
+# Fused PyTorch path (CPU, or CUDA without the plugin) for activations whose derivative follows from the output
+# y (with gain > 0) and whose second derivative is zero. The forward works in place on one buffer and the backward
+# uses single-pass derivative kernels; the reference chain needs several passes and boolean masks per step.
+
+_OUTPUT_DERIVATIVE_ACTS = ('linear', 'relu', 'lrelu')
+
+
+class _BiasActTorch(torch.autograd.Function):
+    """y = clamp(act(x + b) * gain); saves only y. cfg = (dim, act, alpha, gain, clamp) with defaults resolved."""
+
+    @staticmethod
+    def forward(ctx, x, b, cfg):  # pylint: disable=arguments-differ
+        dim, act, alpha, gain, clamp = cfg
+        y = x + b.reshape([-1 if i == dim else 1 for i in range(x.ndim)]) if b is not None else x.clone()
+        if act != 'linear':
+            F.leaky_relu(y, alpha if act == 'lrelu' else 0.0, inplace=True)
+        if gain != 1:
+            y.mul_(gain)
+        if clamp >= 0:
+            y.clamp_(-clamp, clamp)
+        ctx.save_for_backward(y)
+        ctx.cfg = cfg
+        return y
+
+    @staticmethod
+    def backward(ctx, dy):  # pylint: disable=arguments-differ
+        y, = ctx.saved_tensors
+        dx = _BiasActTorchGrad.apply(dy, y, ctx.cfg)
+        db = _sum_except(dx, ctx.cfg[0]) if ctx.needs_input_grad[1] else None
+        return dx, db, None
+
+
+class _BiasActTorchGrad(torch.autograd.Function):
+    """dx = f'(z) * gain * dy (zero where the forward clamped), read off y; linear in dy, so it is its own
+    derivative (the activation's second derivative is zero)."""
+
+    @staticmethod
+    def forward(ctx, dy, y, cfg):  # pylint: disable=arguments-differ
+        _dim, act, alpha, gain, clamp = cfg
+        ctx.save_for_backward(y)
+        ctx.cfg = cfg
+        dx = dy
+        if act != 'linear':  # y > 0 exactly where z > 0, since gain > 0 and clamping keeps the sign
+            dx = torch.ops.aten.leaky_relu_backward(dx, y, alpha if act == 'lrelu' else 0.0, False)
+        if clamp >= 0:  # strictly inside (-clamp, clamp), as in the CUDA kernel
+            dx = torch.ops.aten.hardtanh_backward(dx, y, -clamp, clamp)
+        if gain != 1:
+            dx = dx * gain if dx is dy else dx.mul_(gain)
+        return dx
+
+    @staticmethod
+    def backward(ctx, d_dx):  # pylint: disable=arguments-differ
+        y, = ctx.saved_tensors
+        d_dy = _BiasActTorchGrad.apply(d_dx, y, ctx.cfg) if ctx.needs_input_grad[0] else None
+        return d_dy, None, None
 
 
 # ---------------------------------------------------------------------------------------------
