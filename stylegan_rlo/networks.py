@@ -26,11 +26,12 @@ def _scaled_gain_and_clamp(act_gain, conv_clamp, gain):
     return act_gain * gain, clamp
 
 
-def _block_dtype_and_format(use_fp16, channels_last, force_fp32):
-    """Working dtype and memory format of a block: fp16/channels_last unless forced to fp32."""
+def _block_dtype_and_format(use_fp16, channels_last, force_fp32, device):
+    """Working dtype and memory format of a block: fp16/channels_last unless forced to fp32. On the CPU blocks always
+    run channels_last, the layout oneDNN convolutions work in (saves a layout conversion per convolution)."""
     dtype = torch.float16 if (use_fp16 and not force_fp32) else torch.float32
-    fmt = torch.channels_last if (channels_last and not force_fp32) else torch.contiguous_format
-    return dtype, fmt
+    cl = (channels_last and not force_fp32) or device.type == 'cpu'
+    return dtype, (torch.channels_last if cl else torch.contiguous_format)
 
 
 def _channel_counts(resolutions, channel_base, channel_max):
@@ -424,7 +425,7 @@ class SynthesisBlock(torch.nn.Module):
     def forward(self, x, img, ws, force_fp32=False, fused_modconv=None, **layer_kwargs):
         misc.assert_shape(ws, [None, self.num_conv + self.num_torgb, self.w_dim])
         w_iter = iter(ws.unbind(dim=1))
-        dtype, memory_format = _block_dtype_and_format(self.use_fp16, self.channels_last, force_fp32)
+        dtype, memory_format = _block_dtype_and_format(self.use_fp16, self.channels_last, force_fp32, ws.device)
         if fused_modconv is None:
             # Fused (grouped) modconv is the faster inference path; training and fp16 batches use
             # the separate form, which has cheaper gradients and better fp16 behaviour.
@@ -595,7 +596,8 @@ class DiscriminatorBlock(torch.nn.Module):
                                     channels_last=self.channels_last)
 
     def forward(self, x, img, force_fp32=False):
-        dtype, memory_format = _block_dtype_and_format(self.use_fp16, self.channels_last, force_fp32)
+        device = (x if x is not None else img).device
+        dtype, memory_format = _block_dtype_and_format(self.use_fp16, self.channels_last, force_fp32, device)
         if x is not None:
             misc.assert_shape(x, [None, self.in_channels, self.resolution, self.resolution])
             x = x.to(dtype=dtype, memory_format=memory_format)

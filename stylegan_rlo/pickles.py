@@ -188,12 +188,21 @@ _SAFE_GLOBALS: dict[tuple[str, str], Any] = {
 }
 
 
-class _SafeUnpickler(pickle.Unpickler):
-    """Admits only _SAFE_GLOBALS; everything else is refused before it can be called."""
+class _TrustedUnpickler(pickle.Unpickler):
+    """Unrestricted (the user vouched for the file), except that TF pickles are reported clearly."""
 
     def __init__(self, f: IO[bytes], name: str):
         super().__init__(f)
         self.name = name
+
+    def find_class(self, module: str, name: str) -> Any:
+        if module.startswith("dnnlib.tflib"):
+            raise _tf_error(self.name)
+        return super().find_class(module, name)
+
+
+class _SafeUnpickler(_TrustedUnpickler):
+    """Admits only _SAFE_GLOBALS; everything else is refused before it can be called."""
 
     def find_class(self, module: str, name: str) -> Any:
         if module.startswith("dnnlib.tflib"):
@@ -208,19 +217,6 @@ class _SafeUnpickler(pickle.Unpickler):
 
     def persistent_load(self, pid: Any) -> Any:
         raise UnsafePickleError(f"{self.name}: unexpected persistent id {pid!r}; not a network pickle")
-
-
-class _TrustedUnpickler(pickle.Unpickler):
-    """Unrestricted (the user vouched for the file), except that TF pickles are reported clearly."""
-
-    def __init__(self, f: IO[bytes], name: str):
-        super().__init__(f)
-        self.name = name
-
-    def find_class(self, module: str, name: str) -> Any:
-        if module.startswith("dnnlib.tflib"):
-            raise _tf_error(self.name)
-        return super().find_class(module, name)
 
 
 def _materialize(value: Any, where: str) -> Any:

@@ -8,12 +8,9 @@ import os
 
 import click
 
+from stylegan_rlo.cli.device_option import default_device, parse_device
+
 RUN_DIR_MARKER = "training_options.json"
-
-
-def _default_device() -> str:
-    import torch
-    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def _parse_metrics(_ctx: click.Context, _param: click.Parameter, value: str) -> list[str]:
@@ -44,7 +41,7 @@ def run_dir_of(network: str) -> str | None:
 @click.option("--num", type=click.IntRange(min=2), metavar="N", help="Generated images [default: 50000].")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of latents, labels, noise and KID subsets.")
 @click.option("--mirror", is_flag=True, help="Add x-flipped copies of the dataset images (as training with --mirror).")
-@click.option("--device", default=_default_device, show_default="cuda if available, else cpu",
+@click.option("--device", default=default_device, show_default="cuda if available, else cpu",
               help="Torch device, e.g. cpu, cuda, cuda:1.")
 @click.option("--batch", type=click.IntRange(min=1), default=64, show_default=True, help="Images per batch.")
 @click.option("--inception-weights", metavar="FILE",
@@ -61,7 +58,6 @@ def main(network: str | None, data: str, ref: str | None, metric_names: list[str
       python scripts/calc_fid.py --network runs/00000-dogs/network-snapshot-000200.pkl --data dogs.zip --num 5000
       python scripts/calc_fid.py --data half_a.zip --ref half_b.zip --metrics fid,kid
     """
-    import torch
 
     from stylegan_rlo.dataset import DatasetError
     from stylegan_rlo.generate import GenerateError
@@ -73,12 +69,7 @@ def main(network: str | None, data: str, ref: str | None, metric_names: list[str
         raise click.UsageError("give exactly one of --network PKL (generator vs data) or --ref PATH (data vs data)")
     if ref is not None and num is not None:
         raise click.BadParameter("only applies to --network (the generated image count)", param_hint="--num")
-    try:
-        dev = torch.device(device)
-    except RuntimeError as e:
-        raise click.BadParameter(str(e), param_hint="--device") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise click.BadParameter("no CUDA GPU is available; use --device cpu", param_hint="--device")
+    dev = parse_device(device)
     common = dict(metrics=metric_names, mirror=mirror, device=dev, seed=seed, batch=batch,
                   inception_weights=inception_weights, verbose=verbose)
     try:

@@ -8,6 +8,8 @@ import os
 
 import click
 
+from stylegan_rlo.cli.device_option import default_device, parse_device
+
 from stylegan_rlo.generate import NOISE_MODES, GenerateError, parse_grid, parse_int_list
 
 
@@ -37,11 +39,6 @@ def _finite(_ctx: click.Context, _param: click.Parameter, value: float) -> float
     return value
 
 
-def _default_device() -> str:
-    import torch
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--network", required=True, metavar="PKL", help="Network pickle (its G_ema generates).")
 @click.option("--seeds", callback=_int_list("seed list"), metavar="LIST", help="Seeds, e.g. 0-63 or 1,5,9.")
@@ -59,7 +56,7 @@ def _default_device() -> str:
               help="Write stylemix.png: rows x cols seed lists, e.g. --style-mix 1-4 10-13.")
 @click.option("--styles", callback=_int_list("style layer list"), default="0-6", show_default=True, metavar="LIST",
               help="ws layers the column seeds give in --style-mix.")
-@click.option("--device", default=_default_device, show_default="cuda if available, else cpu",
+@click.option("--device", default=default_device, show_default="cuda if available, else cpu",
               help="Torch device, e.g. cpu, cuda.")
 @click.option("--trust-pickle", is_flag=True, help="Execute code embedded in the pickle (trusted files only).")
 def main(network: str, seeds: list[int] | None, truncation_psi: float, class_idx: int | None, noise_mode: str,
@@ -75,7 +72,6 @@ def main(network: str, seeds: list[int] | None, truncation_psi: float, class_idx
       python scripts/generate.py --network net.pkl --style-mix 1-4 10-15 --styles 0-3
       python scripts/generate.py --network net.pkl --projected-w projected_w.npz
     """
-    import torch
 
     from stylegan_rlo import generate as gen
     from stylegan_rlo.pickles import PickleError, load_network_pkl
@@ -87,12 +83,7 @@ def main(network: str, seeds: list[int] | None, truncation_psi: float, class_idx
                                + (f" (got {', '.join(chosen)})" if chosen else ""))
     if grid is not None and seeds is None:
         raise click.BadParameter("only applies to --seeds", param_hint="--grid")
-    try:
-        dev = torch.device(device)
-    except RuntimeError as e:
-        raise click.BadParameter(str(e), param_hint="--device") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise click.BadParameter("no CUDA GPU is available; use --device cpu", param_hint="--device")
+    dev = parse_device(device)
     try:
         os.makedirs(outdir, exist_ok=True)
     except OSError as e:
