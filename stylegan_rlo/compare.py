@@ -111,11 +111,13 @@ def grid_images(G: torch.nn.Module, grid: tuple[int, int], device: torch.device)
 
 
 def save_labelled_blocks(blocks: Sequence[tuple[str, np.ndarray]], grid: tuple[int, int], path: str) -> None:
-    """One PNG: for each (title, uint8 NHWC images) a title strip above a cols x rows grid of the images."""
+    """One PNG: for each (title, uint8 NHWC images) a title strip above a cols x rows grid of the images; images
+    smaller than 64 pixels are enlarged (nearest neighbour) to at least 64 so that they can be seen."""
     from PIL import Image, ImageDraw
     parts = []
     for title, images in blocks:
-        tiles = make_grid(images, *grid)
+        zoom = max(1, 64 // images.shape[1])
+        tiles = make_grid(images.repeat(zoom, axis=1).repeat(zoom, axis=2), *grid)
         strip = Image.new("L" if tiles.shape[2] == 1 else "RGB", (tiles.shape[1], 14), 255)
         ImageDraw.Draw(strip).text((2, 1), title, fill=0)
         strip_arr = np.asarray(strip).reshape(14, tiles.shape[1], tiles.shape[2])
@@ -249,7 +251,7 @@ def compare_objectives(*, network: str, data: str, ref: str, objectives: Sequenc
     run_device = torch.device(plans[0][3].device)
     os.makedirs(outdir, exist_ok=True)
     weights = dict(inception_weights=inception_weights)
-    config = dict(network=network, data=data, ref=ref, objectives=[asdict(o) for o in objectives],
+    config = dict(network=network, data=data, ref=ref, outdir=outdir, objectives=[asdict(o) for o in objectives],
                   seeds=list(seeds), kimg=kimg, snap_kimg=snap_kimg, start_kimg=start_kimg, metrics=names,
                   metrics_num=metrics_num, metric_seed=metric_seed, device=str(run_device),
                   batch=plans[0][3].batch_size, ema_kimg=plans[0][3].ema_kimg, train_options=train_options,
@@ -281,6 +283,7 @@ def compare_objectives(*, network: str, data: str, ref: str, objectives: Sequenc
     save_labelled_blocks([("before (start network)", before)], grid, os.path.join(outdir, "grid-start.png"))
     timings["start_eval_sec"] = time.time() - t0
     del G0, start
+    write_outputs(_summary(config, floor, start_point, [], timings), outdir)
 
     results: list[RunResult] = []
     for i, (obj, seed, desc, options) in enumerate(plans):
@@ -303,7 +306,7 @@ def compare_objectives(*, network: str, data: str, ref: str, objectives: Sequenc
                              os.path.join(outdir, f"grid-{obj.slug}-seed{seed}.png"))
         result.eval_sec = time.time() - t0
         results.append(result)
-        summary = _summary(config, floor, results, timings)
+        summary = _summary(config, floor, start_point, results, timings)
         write_outputs(summary, outdir)
         log(f"[run {i + 1}/{num_runs}] done; {outdir}/summary.md updated")
     log(f"\nWrote {outdir}: summary.md, summary.json, metrics.png, grid-*.png, runs/")
@@ -341,8 +344,8 @@ def _evaluate_run(run_dir: str, names: list[str], ref: str, metrics_num: int | N
     return points
 
 
-def _summary(config: dict, floor: dict, results: Sequence[RunResult], timings: dict) -> dict:
-    return dict(config=config, noise_floor=floor, runs=[asdict(r) for r in results],
+def _summary(config: dict, floor: dict, start: dict, results: Sequence[RunResult], timings: dict) -> dict:
+    return dict(config=config, noise_floor=floor, start=start, runs=[asdict(r) for r in results],
                 timings=dict(timings, train_sec=sum(r.train_sec for r in results),
                              eval_sec=sum(r.eval_sec for r in results)))
 
@@ -402,9 +405,8 @@ def summary_markdown(summary: dict) -> str:
         "with the floor only when the number of generated images equals the training set size; KID is unbiased.", "",
         "## Final snapshot of each run", "",
     ]
-    finals = [row(r, r["points"][-1]) for r in runs if len(r["points"]) > 1]
-    start = runs[0]["points"][0] if runs else None
-    lines += _table(([row(None, start)] if start else []) + finals, header)
+    start = summary["start"]
+    lines += _table([row(None, start)] + [row(r, r["points"][-1]) for r in runs if len(r["points"]) > 1], header)
     if runs and len({r["seed"] for r in runs}) > 1:
         lines += ["", "## Mean over seeds (final snapshots)", ""]
         mean_rows = []
@@ -420,13 +422,12 @@ def summary_markdown(summary: dict) -> str:
         lines += _table(mean_rows, ["objective", "k", "seeds"] + [METRIC_LABELS.get(n, n) + " (mean ± sd)"
                                                                    for n in names])
     lines += ["", "## Every snapshot", ""]
-    lines += _table(([row(None, start)] if start else []) +
-                    [row(r, p) for r in runs for p in r["points"][1:]], header)
+    lines += _table([row(None, start)] + [row(r, p) for r in runs for p in r["points"][1:]], header)
     t = summary["timings"]
     lines += ["", f"Time: noise floor {_format_seconds(t.get('noise_floor_sec'))}, start network "
                   f"{_format_seconds(t.get('start_eval_sec'))}, training {_format_seconds(t['train_sec'])}, "
                   f"snapshot evaluation and grids {_format_seconds(t['eval_sec'])}.",
-              "Run directories: " + ", ".join(f"`{os.path.relpath(r['run_dir'])}`" for r in runs) + ".", ""]
+              "Run directories: " + ", ".join(f"`{os.path.relpath(r['run_dir'], cfg['outdir'])}`" for r in runs) + ".", ""]
     return "\n".join(lines)
 
 

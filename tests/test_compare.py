@@ -24,6 +24,7 @@ from training_fixtures import TINY_COND, TINY_UNCOND, make_zip, one_thread  # no
 METRICS = ["fid50k_full", "kid50k_full"]
 GRID = (2, 2)
 STRIP = 14  # title strip height of compare.save_labelled_blocks
+ZOOM = 2  # 32x32 images are shown at 64x64
 
 
 @pytest.fixture(scope="module")
@@ -55,13 +56,16 @@ def _table_rows(markdown: str, heading: str) -> list[list[str]]:
 
 
 def _tiles(png: str, block: int, count: int) -> np.ndarray:
-    """uint8 NHWC tiles of block `block` of a save_labelled_blocks image with 32x32 tiles in a GRID layout."""
+    """uint8 NHWC 32x32 tiles of block `block` of a save_labelled_blocks image (GRID layout, ZOOM, 2-pixel gaps)."""
     img = np.asarray(Image.open(png).convert("RGB"))
     cols, rows = GRID
-    block_h = STRIP + rows * 34 + 2
-    top = block * block_h + STRIP
-    return np.stack([img[top + 2 + (i // cols) * 34: top + 2 + (i // cols) * 34 + 32,
-                         2 + (i % cols) * 34: 2 + (i % cols) * 34 + 32] for i in range(count)])
+    size = 32 * ZOOM
+    top = block * (STRIP + rows * (size + 2) + 2) + STRIP
+    tiles = [img[top + 2 + (i // cols) * (size + 2):][:size, 2 + (i % cols) * (size + 2):][:, :size]
+             for i in range(count)]
+    for t in tiles:  # every source pixel is a ZOOM x ZOOM block
+        assert np.array_equal(t, t[::ZOOM, ::ZOOM].repeat(ZOOM, axis=0).repeat(ZOOM, axis=1))
+    return np.stack([t[::ZOOM, ::ZOOM] for t in tiles])
 
 
 def test_parse_objectives_and_seeds():

@@ -85,10 +85,10 @@ def bias_act(x: torch.Tensor, b: torch.Tensor | None = None, dim: int = 1, act: 
     if impl == 'cuda' and x.device.type == 'cuda' and _init():
         return _BiasActCuda.apply(x, b, (dim, act, *_resolve(act, alpha, gain, clamp)[1:]))
     if impl == 'cuda':
-        cfg = (dim, act, *_resolve(act, alpha, gain, clamp)[1:])
-        if act in _OUTPUT_DERIVATIVE_ACTS and cfg[3] > 0 and (act != 'linear' or cfg[4] >= 0):
+        _spec, r_alpha, r_gain, r_clamp = _resolve(act, alpha, gain, clamp)
+        if act in _OUTPUT_DERIVATIVE_ACTS and r_gain > 0 and r_alpha >= 0 and (act != 'linear' or r_clamp >= 0):
             _check_bias(x, b, dim)
-            return _BiasActTorch.apply(x, b, cfg)
+            return _BiasActTorch.apply(x, b, (dim, act, r_alpha, r_gain, r_clamp))
     return _bias_act_ref(x=x, b=b, dim=dim, act=act, alpha=alpha, gain=gain, clamp=clamp)
 
 
@@ -120,7 +120,7 @@ def _bias_act_ref(x: torch.Tensor, b: torch.Tensor | None = None, dim: int = 1, 
 
 # ---------------------------------------------------------------------------------------------
 # Fused PyTorch path (CPU, or CUDA without the plugin) for activations whose derivative follows from the output
-# y (with gain > 0) and whose second derivative is zero. The forward works in place on one buffer and the backward
+# y (with gain > 0 and alpha >= 0) and whose second derivative is zero. The forward works in place on one buffer and the backward
 # uses single-pass derivative kernels; the reference chain needs several passes and boolean masks per step.
 
 _OUTPUT_DERIVATIVE_ACTS = ('linear', 'relu', 'lrelu')

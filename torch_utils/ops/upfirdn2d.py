@@ -130,16 +130,16 @@ def _upfirdn2d_ref(x: torch.Tensor, f: torch.Tensor | None, up=1, down=1, paddin
         f = torch.ones([1, 1], dtype=torch.float32, device=x.device)
     assert isinstance(f, torch.Tensor) and f.ndim in [1, 2]
     assert f.dtype == torch.float32 and not f.requires_grad
-    batch, channels, height, width = x.shape
+    channels = x.shape[1]
     upx, upy = _parse_scaling(up)
     downx, downy = _parse_scaling(down)
     padx0, padx1, pady0, pady1 = _parse_padding(padding)
 
-    # Zero insertion: every pixel is followed by up-1 zeros along each axis.
+    f = f * (gain ** (f.ndim / 2)) if gain != 1 else f
+    f = f.to(x.dtype)
+    fw, fh = _get_filter_size(f)
     if upx > 1 or upy > 1:
-        x = x.reshape([batch, channels, height, 1, width, 1])
-        x = F.pad(x, [0, upx - 1, 0, 0, 0, upy - 1])
-        x = x.reshape([batch, channels, height * upy, width * upx])
+        return _upsample_ref(x, f, upx, upy, downx, downy, padx0, padx1, pady0, pady1, flip_filter, fw, fh)
 
     # Pad with zeros; negative amounts crop. The symmetric non-negative part is left to the convolution's own
     # padding (much cheaper than a separate padded copy), the rest is done here.
@@ -149,19 +149,43 @@ def _upfirdn2d_ref(x: torch.Tensor, f: torch.Tensor | None, up=1, down=1, paddin
 
     # conv2d correlates, so the filter is flipped for a true convolution. Downsampling keeps every down-th output,
     # which is what a strided convolution computes directly.
-    f = f * (gain ** (f.ndim / 2)) if gain != 1 else f
-    f = f.to(x.dtype)
     if not flip_filter:
         f = f.flip(list(range(f.ndim)))
     if f.ndim == 2:
-        weight = f[None, None].repeat([channels, 1, 1, 1])
-        return conv2d_gradfix.conv2d(input=x, weight=weight, stride=[downy, downx], padding=[convy, convx],
-                                     groups=channels)
+        return conv2d_gradfix.conv2d(input=x, weight=f[None, None].repeat([channels, 1, 1, 1]),
+                                     stride=[downy, downx], padding=[convy, convx], groups=channels)
     taps = f[None, None].repeat([channels, 1, 1])
     x = conv2d_gradfix.conv2d(input=x, weight=taps.unsqueeze(2), stride=[1, downx], padding=[0, convx],
                               groups=channels)  # along width
     return conv2d_gradfix.conv2d(input=x, weight=taps.unsqueeze(3), stride=[downy, 1], padding=[convy, 0],
                                  groups=channels)  # along height
+
+
+def _upsample_ref(x, f, upx, upy, downx, downy, padx0, padx1, pady0, pady1, flip_filter, fw, fh):
+    """The up > 1 case: a strided transposed convolution does zero insertion and the full convolution at once
+    (without multiplying the inserted zeros). Its output sample m is the filtered upsampled image at m - (f - 1), so
+    the requested padding becomes a crop of f - 1 - pad0 before and f - up - pad1 after; the symmetric part of the
+    crop is the transposed convolution's own padding, the rest is cropped or zero-padded here."""
+    channels = x.shape[1]
+    if flip_filter:  # the transposed convolution convolves, so correlating means flipping the taps
+        f = f.flip(list(range(f.ndim)))
+    cropx0, cropx1, cropy0, cropy1 = fw - 1 - padx0, fw - upx - padx1, fh - 1 - pady0, fh - upy - pady1
+    convx, convy = max(min(cropx0, cropx1), 0), max(min(cropy0, cropy1), 0)
+    if f.ndim == 2:
+        x = conv2d_gradfix.conv_transpose2d(x, f[None, None].repeat([channels, 1, 1, 1]), stride=[upy, upx],
+                                            padding=[convy, convx], groups=channels)
+    else:
+        taps = f[None, None].repeat([channels, 1, 1])
+        x = conv2d_gradfix.conv_transpose2d(x, taps.unsqueeze(2), stride=[1, upx], padding=[0, convx],
+                                            groups=channels)  # along width
+        x = conv2d_gradfix.conv_transpose2d(x, taps.unsqueeze(3), stride=[upy, 1], padding=[convy, 0],
+                                            groups=channels)  # along height
+    rest = [convx - cropx0, convx - cropx1, convy - cropy0, convy - cropy1]
+    if any(rest):
+        x = F.pad(x, rest)
+    if downx > 1 or downy > 1:
+        x = x[:, :, ::downy, ::downx]
+    return x
 
 
 # ---------------------------------------------------------------------------------------------
