@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import click
 
-from stylegan_rlo.cli.train import _bool_option
+from stylegan_rlo.cli.options import bool_option
 from stylegan_rlo.generate import GenerateError, parse_grid
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
@@ -32,7 +32,7 @@ from stylegan_rlo.generate import GenerateError, parse_grid
 @click.option("--ema-kimg", type=float, metavar="FLOAT", help="G_ema half-life in kimg [default: from --cfg auto, "
               "10; use ~kimg/5 for short runs].")
 @click.option("--grid", default="8x4", show_default=True, metavar="COLSxROWS", help="Before/after image grid size.")
-@_bool_option("--mirror", "Add x-flipped copies of the fine-tuning dataset.")
+@bool_option("--mirror", "Add x-flipped copies of the fine-tuning dataset.")
 @click.option("--batch", type=int, metavar="INT", help="Total batch size [default: from --cfg auto].")
 @click.option("--batch-gpu", type=int, metavar="INT", help="Batch per forward pass per process.")
 @click.option("--gamma", type=float, metavar="FLOAT", help="R1 regularization weight [default: from --cfg auto].")
@@ -46,8 +46,8 @@ from stylegan_rlo.generate import GenerateError, parse_grid
 @click.option("--augpipe", metavar="NAME", help="Augmentation pipeline [default: bgc].")
 @click.option("--workers", type=int, metavar="INT", help="DataLoader workers [default: 3].")
 @click.option("--gpus", type=int, metavar="INT", help="Processes (GPUs) per run [default: 1].")
-@_bool_option("--cond", "Conditional training on the dataset.json labels (--ref needs labels too).")
-@_bool_option("--trust-pickle", "Execute code embedded in the --network pickle (only for trusted files).")
+@bool_option("--cond", "Conditional training on the dataset.json labels (--ref needs labels too).")
+@bool_option("--trust-pickle", "Execute code embedded in the --network pickle (only for trusted files).")
 def main(network: str, data: str, ref: str, objectives: str, seeds: str, kimg: float, snap_kimg: float | None,
          metrics: str, metrics_num: int | None, metric_seed: int, inception_weights: str | None, outdir: str,
          device: str, ema_kimg: float | None, grid: str, mirror: bool, cond: bool, trust_pickle: bool,

@@ -8,7 +8,7 @@ import os
 
 import click
 
-from stylegan_rlo.cli.device_option import default_device, parse_device
+from stylegan_rlo.cli.options import default_device, parse_device
 
 from stylegan_rlo.generate import NOISE_MODES, GenerateError, parse_grid, parse_int_list
 

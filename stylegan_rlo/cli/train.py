@@ -11,16 +11,12 @@ import os
 
 import click
 
+from stylegan_rlo.cli.options import bool_option
+
 from stylegan_rlo.dataset import DatasetError
 from stylegan_rlo.launch import launch_training, torchrun_env
 from stylegan_rlo.run_dir import next_run_id
 from stylegan_rlo.training_config import CFG_NAMES, DEFAULT_K, TrainingOptionsError, setup_training_options
-
-
-def _bool_option(name: str, help_text: str):
-    """A boolean that works both as a flag (`--mirror`) and with a value, as upstream (`--mirror=1`)."""
-    return click.option(name, type=bool, is_flag=False, flag_value=True, default=False, show_default=True,
-                        metavar="[BOOL]", help=help_text)
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
@@ -43,9 +39,9 @@ def _bool_option(name: str, help_text: str):
 @click.option("--dlr", type=float, metavar="FLOAT", help="D learning rate [default: from --cfg].")
 @click.option("--freezed", type=int, default=0, show_default=True, metavar="INT",
               help="Freeze the first N discriminator layers (FreezeD).")
-@_bool_option("--mirror", "Add x-flipped copies of the dataset.")
+@bool_option("--mirror", "Add x-flipped copies of the dataset.")
 @click.option("--subset", type=int, metavar="INT", help="Train on a random subset of N images.")
-@_bool_option("--cond", "Conditional training on the dataset.json labels.")
+@bool_option("--cond", "Conditional training on the dataset.json labels.")
 @click.option("--aug", default="ada", show_default=True, metavar="ada|noaug|fixed", help="Augmentation mode.")
 @click.option("--p", type=float, metavar="FLOAT", help="Augmentation probability (--aug fixed; initial p for ada).")
 @click.option("--target", type=float, metavar="FLOAT", help="ADA target [default: 0.6].")
@@ -68,8 +64,8 @@ def _bool_option(name: str, help_text: str):
 @click.option("--metrics", default="none", show_default=True, metavar="LIST",
               help="Metrics at each snapshot: comma-separated (fid50k_full,kid50k_full) or none.")
 @click.option("--metrics-num", type=int, metavar="INT", help="Generated images per metric [default: 50000].")
-@_bool_option("--dry-run", "Print the training options and exit.")
-@_bool_option("--trust-pickle", "Execute the code embedded in the --resume pickle (only for trusted files).")
+@bool_option("--dry-run", "Print the training options and exit.")
+@bool_option("--trust-pickle", "Execute the code embedded in the --resume pickle (only for trusted files).")
 def main(outdir: str, dry_run: bool, **opts) -> None:
     """Train (fine-tune) a StyleGAN2-ADA network.
 

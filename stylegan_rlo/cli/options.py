@@ -1,4 +1,4 @@
-"""The `--device` option of the evaluation tools (calc_fid, generate): its default and its check, in one place.
+"""Option helpers shared by the command-line tools, so each kind of option is declared and checked in one place.
 torch is imported lazily so that `--help` stays fast."""
 
 from __future__ import annotations
@@ -22,3 +22,9 @@ def parse_device(text: str):
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise click.BadParameter("no CUDA GPU is available; use --device cpu", param_hint="--device")
     return dev
+
+
+def bool_option(name: str, help_text: str):
+    """A boolean that works both as a flag (`--mirror`) and with a value, as upstream (`--mirror=1`)."""
+    return click.option(name, type=bool, is_flag=False, flag_value=True, default=False, show_default=True,
+                        metavar="[BOOL]", help=help_text)
