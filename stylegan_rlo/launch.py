@@ -10,6 +10,7 @@ import tempfile
 import torch
 
 from .fileio import atomic_write
+from .preemption import TrainingStopped, join_forwarding_signals
 from .run_dir import create_run_dir
 from .training_loop import dataset_error_in, training_loop
 
@@ -48,10 +49,22 @@ def _spawned_worker(rank: int, run_dir: str, options: dict, init_file: str, loop
         torch.distributed.destroy_process_group()
 
 
+def _check_stopped(state: dict, run_dir: str) -> None:
+    """Raise TrainingStopped when a SIGINT/SIGTERM ended the loop early (after its snapshot)."""
+    if state.get("stopped_by") is not None:
+        raise TrainingStopped(state["stopped_by"], run_dir, state.get("snapshot_pkl"))
+
+
+def _latest_snapshot(run_dir: str) -> str | None:
+    names = sorted(n for n in os.listdir(run_dir) if n.startswith("network-snapshot-") and n.endswith(".pkl"))
+    return os.path.join(run_dir, names[-1]) if names else None
+
+
 def launch_training(run_desc: str, options: dict, outdir: str, **loop_kwargs) -> str:
     """Run training with `options` (from setup_training_options) in a new run directory; returns its path.
 
     `loop_kwargs` (e.g. show_progress=False) go to training_loop as well; with spawned processes they must pickle.
+    Raises preemption.TrainingStopped when SIGINT/SIGTERM stopped the run early (after a snapshot).
     """
     env = torchrun_env()
     if env is not None:
@@ -65,20 +78,26 @@ def launch_training(run_desc: str, options: dict, outdir: str, **loop_kwargs) ->
         try:
             holder = [prepare_run_dir(outdir, run_desc, options) if env["rank"] == 0 else None]
             torch.distributed.broadcast_object_list(holder, src=0)
-            training_loop(run_dir=holder[0], rank=env["rank"], local_rank=env["local_rank"], **options, **loop_kwargs)
+            state = training_loop(run_dir=holder[0], rank=env["rank"], local_rank=env["local_rank"], **options,
+                                  **loop_kwargs)
+            _check_stopped(state, holder[0])
             return holder[0]
         finally:
             torch.distributed.destroy_process_group()
 
     run_dir = prepare_run_dir(outdir, run_desc, options)
     if options["num_gpus"] == 1:
-        training_loop(run_dir=run_dir, rank=0, **options, **loop_kwargs)
+        _check_stopped(training_loop(run_dir=run_dir, rank=0, **options, **loop_kwargs), run_dir)
         return run_dir
     with tempfile.TemporaryDirectory() as temp_dir:
         init_file = os.path.abspath(os.path.join(temp_dir, ".torch_distributed_init"))
         try:
-            torch.multiprocessing.spawn(fn=_spawned_worker, args=(run_dir, dict(options), init_file, loop_kwargs),
-                                        nprocs=options["num_gpus"])
+            context = torch.multiprocessing.start_processes(
+                _spawned_worker, args=(run_dir, dict(options), init_file, loop_kwargs), nprocs=options["num_gpus"],
+                join=False, start_method="spawn")
+            signum = join_forwarding_signals(context)  # a signal to this launcher stops every rank
+            if signum is not None:
+                raise TrainingStopped(signum, run_dir, _latest_snapshot(run_dir))
         except torch.multiprocessing.ProcessRaisedException as e:
             unwrapped = dataset_error_in(str(e))
             if unwrapped is not None:  # a bad image: its message alone, as in a single-process run

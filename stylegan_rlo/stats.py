@@ -35,6 +35,15 @@ class StatsAccumulator:
             entry[0] += elems.numel()
             entry[1] = entry[1] + moments.to(entry[1].device)
 
+    def state_dict(self) -> dict[str, list]:
+        """The moments not yet reduced, as {name: [count, tensor([sum, sum of squares])]} on the CPU."""
+        return {name: [int(count), moments.detach().cpu().clone()] for name, (count, moments) in self._moments.items()}
+
+    def load_state_dict(self, state: dict[str, list], device: torch.device | str = "cpu") -> None:
+        """Replace the moments with a state_dict()'s."""
+        self._moments = {str(name): [int(count), torch.as_tensor(moments, dtype=torch.float64).to(device)]
+                         for name, (count, moments) in state.items()}
+
     def reduce(self, device: torch.device | str = "cpu", distributed: bool = False) -> dict[str, dict]:
         """Entries {num, mean, std} per name (summed over ranks when `distributed`); then start afresh."""
         names = sorted(self._moments)

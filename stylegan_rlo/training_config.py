@@ -173,7 +173,7 @@ def _plain(value: Any) -> Any:
 
 
 def _resumed_networks(resume_data: dict, source: str, spec: EasyDict, cfg: str, resolution: int, channels: int,
-                      c_dim: int, explicit: dict[str, Any]) -> tuple[dict, dict]:
+                      c_dim: int, explicit: dict[str, Any], adapt_resolution: bool = False) -> tuple[dict, dict]:
     """The pickle's own G/D constructor kwargs, after checking them against the dataset and explicit options."""
     for key in ("G", "D"):
         if resume_data.get(key) is None:
@@ -186,11 +186,11 @@ def _resumed_networks(resume_data: dict, source: str, spec: EasyDict, cfg: str, 
     D_kwargs = _plain(resume_data["D"].init_kwargs)
 
     pkl_res = G_kwargs.get("img_resolution")
-    if pkl_res != resolution:
+    if pkl_res != resolution and not adapt_resolution:
         raise TrainingOptionsError(f"--resume {source} is a {pkl_res}x{pkl_res} network but the dataset (--data) is "
-                                   f"{resolution}x{resolution}; resize the dataset to {pkl_res} "
-                                   f"(scripts/dataset_tool.py --resolution {pkl_res}) or resume a "
-                                   f"{resolution}x{resolution} network")
+                                   f"{resolution}x{resolution}; pass --adapt-resolution to adapt the network, resize "
+                                   f"the dataset to {pkl_res} (scripts/dataset_tool.py --resolution {pkl_res}) or "
+                                   f"resume a {resolution}x{resolution} network")
     pkl_ch = G_kwargs.get("img_channels")
     if pkl_ch != channels:
         raise TrainingOptionsError(f"--resume {source} makes {pkl_ch}-channel images but the dataset has {channels} "
@@ -245,7 +245,9 @@ def setup_training_options(*, data: str, resume: str | None = None, loss: str = 
                            snap: int | None = None, batch: int | None = None, batch_gpu: int | None = None,
                            seed: int = 0, workers: int = DEFAULT_WORKERS, desc: str | None = None,
                            metrics: str | list[str] | None = None, metrics_num: int | None = None,
-                           trust_pickle: bool = False) -> tuple[str, EasyDict]:
+                           trust_pickle: bool = False, adapt_resolution: bool = False, ema_kimg: float | None = None,
+                           ema_rampup: float | str | None = None, metric_data: str | None = None,
+                           best_metric: str | None = None) -> tuple[str, EasyDict]:
     """Validate everything and return (run description 'dataset-cfg-loss[k][-desc]', training_loop kwargs).
 
     Raises TrainingOptionsError with a message naming the option (or file) and what to do about it.
@@ -362,18 +364,28 @@ def setup_training_options(*, data: str, resume: str | None = None, loss: str = 
     args.resume_pkl = resume
     args.trust_pickle = bool(trust_pickle)
     start_kimg = 0.0
+    resume_data = None
     if resume is not None:
         try:
             resume_data = load_network_pkl(resume, trust_pickle=bool(trust_pickle))
         except (PickleError, OSError, ValueError) as e:  # ValueError: e.g. an unsupported URL scheme
             raise TrainingOptionsError(f"--resume {resume}: {e}") from e
-        G_kwargs, D_kwargs = _resumed_networks(resume_data, resume, spec, cfg, resolution, channels, c_dim, explicit)
+        G_kwargs, D_kwargs = _resumed_networks(resume_data, resume, spec, cfg, resolution, channels, c_dim, explicit,
+                                               adapt_resolution=bool(adapt_resolution))
         progress = resume_data.get("progress") or {}
         start_kimg = progress.get("cur_nimg", 0) / 1000
         args.ada_kimg = 100  # as upstream: let ADA react faster when starting from a trained network
         args.ema_rampup = None  # as upstream: no EMA ramp-up when starting from a trained network
     else:
         G_kwargs, D_kwargs = _fresh_networks(spec, cfg, resolution, channels, c_dim, cbase, cmax, map_depth)
+    # Fine-tuning options (--adapt-resolution, exact resume, --ema-*, --metric-data, --best-metric).
+    from . import fine_tuning_options
+    G_kwargs, D_kwargs = fine_tuning_options.apply(
+        args, G_kwargs, D_kwargs, resume=resume, resume_data=resume_data, resolution=resolution, channels=channels,
+        c_dim=c_dim, adapt_resolution=bool(adapt_resolution), ema_kimg=ema_kimg, ema_rampup=ema_rampup,
+        metric_data=metric_data, best_metric=best_metric)
+    if args.resume_transfer is not None:
+        start_kimg = 0.0  # an adapted network starts a new training: kimg counts from 0
     if mbstd_group is not None:
         D_kwargs.setdefault("epilogue_kwargs", {})["mbstd_group_size"] = mbstd_group
     if freezed or "freeze_layers" in D_kwargs.get("block_kwargs", {}):

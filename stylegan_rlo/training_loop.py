@@ -18,7 +18,7 @@ from tqdm import tqdm
 from torch_utils import misc
 from torch_utils.ops import conv2d_gradfix, grid_sample_gradfix
 
-from . import networks
+from . import networks, preemption, training_state
 from .dataset import DatasetError, ImageFolderDataset
 from .fileio import append_line
 from .images import save_image_grid
@@ -142,11 +142,16 @@ def _broadcast_from_rank0(tensors) -> None:
         torch.distributed.broadcast(tensor, src=0)
 
 
-def _load_resume(resume_pkl: str, trust_pickle: bool, G, D, G_ema, log: RunLog) -> dict:
-    """Copy the resume pickle's networks into ours (built from its kwargs); return its 'progress' (or {})."""
+def _load_resume(resume_pkl: str, trust_pickle: bool, G, D, G_ema, log: RunLog, transfer: dict | None = None) -> dict:
+    """Copy the resume pickle's networks into ours (built from its kwargs, or adapted to another resolution as
+    planned in `transfer`); return its 'progress' (or {})."""
     from .pickles import load_network_pkl
     log(f'Resuming from "{resume_pkl}"')
     data = load_network_pkl(resume_pkl, trust_pickle=trust_pickle)
+    if transfer is not None:  # --adapt-resolution
+        from .adapt_resolution import apply
+        log(apply(transfer, data, G, D, G_ema))
+        return {}  # progress continues only at the same resolution
     for name, module in [("G", G), ("D", D), ("G_ema", G_ema)]:
         source = data.get(name) if data.get(name) is not None else data["G"]
         misc.copy_params_and_buffers(source, module, require_all=True)
@@ -197,10 +202,15 @@ def training_loop(
     progress_fn: Callable[[int, float], Any] | None = None,  # Called with (cur_kimg, total_kimg) every tick.
     show_progress: bool = True,               # tqdm progress bar on rank 0 (when stderr is a terminal).
     image_grid: tuple[int, int] | None = None,  # (cols, rows) of reals.png / fakes*.png; None = upstream size.
+    resume_transfer: dict | None = None,      # --adapt-resolution: the transfer planned from the resume pickle.
+    resume_state: str | None = None,          # Training state file of the resumed snapshot (exact resume).
+    metric_data: str | None = None,           # Dataset the metrics compare with (None = the training data).
+    best_metric: str | None = None,           # Metric whose best snapshot is kept as best-<metric>.pkl.
 ) -> dict:
     """Train G and D; writes into `run_dir` on rank 0. With num_gpus > 1 the process group must be initialized.
 
-    Returns this rank's final state: dict(G, D, G_ema, augment_pipe, cur_nimg, cur_tick, batch_idx).
+    Returns this rank's final state: dict(G, D, G_ema, augment_pipe, cur_nimg, cur_tick, batch_idx, stopped_by,
+    snapshot_pkl); stopped_by is the signal (SIGINT/SIGTERM) that stopped it early after a snapshot, else None.
     """
     start_time = time.time()
     local_rank = rank if local_rank is None else local_rank
@@ -219,13 +229,20 @@ def training_loop(
     force_fp32 = device.type != "cuda"
     tick_stats = StatsAccumulator()
     stats_tfevents = None
+    stop = preemption.StopRequest(escalate=not distributed).start()
     try:
         log("Loading training set...")
         dataset_kwargs = {key: value for key, value in (training_set_kwargs or {}).items() if key != "class_name"}
         training_set = ImageFolderDataset(**dataset_kwargs)
+        state = training_state.load_on_ranks(resume_state, rank, num_gpus) if resume_state is not None else None
+        data_items = int(state["data_items"]) if state is not None else 0  # images drawn by all ranks so far
         sampler = misc.InfiniteSampler(dataset=training_set, rank=rank, num_replicas=num_gpus, seed=random_seed)
+        if data_items:
+            sampler = training_state.SkipSampler(sampler, data_items // num_gpus)
         loader_kwargs = dict(data_loader_kwargs or {})
         workers = int(loader_kwargs.pop("num_workers", 0))
+        if workers > 0:
+            loader_kwargs.setdefault("worker_init_fn", preemption.ignore_stop_signals)
         loader = torch.utils.data.DataLoader(dataset=training_set, sampler=sampler, batch_size=batch_size // num_gpus,
                                              num_workers=workers, pin_memory=(device.type == "cuda"),
                                              prefetch_factor=(2 if workers > 0 else None), **loader_kwargs)
@@ -239,7 +256,7 @@ def training_loop(
         G_ema = copy.deepcopy(G).eval()
         progress: dict = {}
         if resume_pkl is not None and rank == 0:
-            progress = _load_resume(resume_pkl, trust_pickle, G, D, G_ema, log)
+            progress = _load_resume(resume_pkl, trust_pickle, G, D, G_ema, log, resume_transfer)
         cur_nimg = int(progress.get("cur_nimg", 0))
         cur_tick = int(progress["cur_tick"]) + 1 if "cur_tick" in progress else 0
         batch_idx = int(progress.get("batch_idx", 0))
@@ -283,6 +300,11 @@ def training_loop(
                                 G_mapping=ddp["G_mapping"], G_synthesis=ddp["G_synthesis"], report=report,
                                 **(loss_kwargs or {}))
         phases = build_phases(G, D, G_opt_kwargs, D_opt_kwargs, G_reg_interval, D_reg_interval)
+        resume_rng = None
+        if state is not None:
+            resume_rng = training_state.restore(state, resume_state, phases, loss_fn, ada_stats, rank, num_gpus, log)
+            del state
+        schedule = dict(ema_kimg=ema_kimg, ema_rampup=ema_rampup, ada_kimg=ada_kimg)
 
         grid_size = grid_z = grid_c = None
         if rank == 0:
@@ -311,6 +333,11 @@ def training_loop(
         kimg_decimals = _kimg_decimals(kimg_per_tick)
         if progress_fn is not None:
             progress_fn(cur_nimg // 1000, total_kimg)
+        if resume_rng is not None:  # last, so that the setup above draws nothing from the resumed streams
+            training_state.set_rng_state(resume_rng)
+        start_batch_idx = batch_idx
+        stop_signal = None
+        snapshot_pkl = None
         while True:
             # Data: this rank's reals, plus latents and labels for every phase.
             images, labels = _next_batch(training_set_iterator)
@@ -337,7 +364,11 @@ def training_loop(
                     adjust = np.sign(signs["mean"] - ada_target) * (batch_size * ada_interval) / (ada_kimg * 1000)
                     augment_pipe.p.copy_((augment_pipe.p + adjust).clamp(min=0))
 
-            done = cur_nimg >= total_kimg * 1000
+            stop_signal = preemption.agreed_signal(stop.signum, device, distributed)
+            if stop_signal is not None:
+                log(f"\nReceived {preemption.signal_name(stop_signal)}: stopping after this iteration with a "
+                    f"snapshot and its training state...")
+            done = cur_nimg >= total_kimg * 1000 or stop_signal is not None
             if not done and cur_tick != 0 and cur_nimg < tick_start_nimg + kimg_per_tick * 1000:
                 continue  # a fresh run reports after its first iteration, then every kimg_per_tick
 
@@ -385,16 +416,26 @@ def training_loop(
                 save_image_grid(_generate_grid(G_ema, grid_z, grid_c, force_fp32),
                                 os.path.join(run_dir, f"fakes{cur_nimg // 1000:06d}.png"), grid=grid_size)
 
-            snapshot_pkl = None
             snapshot_G_ema = None
-            if network_snapshot_ticks is not None and (done or cur_tick % network_snapshot_ticks == 0):
+            snapshot_rng = None
+            if stop_signal is not None or (network_snapshot_ticks is not None and
+                                           (done or cur_tick % network_snapshot_ticks == 0)):
+                progress_now = dict(cur_nimg=cur_nimg, cur_tick=cur_tick, batch_idx=batch_idx, augment_p=p_now)
                 snapshot_pkl, snapshot_G_ema = _save_snapshot(
-                    run_dir, rank, distributed, training_set_kwargs, G, D, G_ema, augment_pipe,
-                    dict(cur_nimg=cur_nimg, cur_tick=cur_tick, batch_idx=batch_idx, augment_p=p_now))
-                log(f"Saved {os.path.basename(snapshot_pkl)}")
-            if snapshot_G_ema is not None and metrics and rank == 0:
+                    run_dir, rank, distributed, training_set_kwargs, G, D, G_ema, augment_pipe, progress_now)
+                ranks = training_state.gather(training_state.rank_state(loss_fn, ada_stats), num_gpus)
+                snapshot_rng = ranks[rank]["rng"]
+                if rank == 0:
+                    training_state.write(training_state.state_path(snapshot_pkl), phases=phases, ranks=ranks,
+                                         progress=progress_now, schedule=schedule,
+                                         data_items=data_items + (batch_idx - start_batch_idx) * batch_size)
+                log(f"Saved {os.path.basename(snapshot_pkl)} and its training state")
+            if snapshot_G_ema is not None and metrics and rank == 0 and stop_signal is None:
                 stats_metrics.update(_evaluate_metrics(snapshot_G_ema, metrics, metrics_num, training_set_kwargs,
-                                                       device, random_seed, snapshot_pkl, run_dir, log))
+                                                       metric_data, best_metric, device, random_seed, snapshot_pkl,
+                                                       cur_nimg, run_dir, log))
+            if snapshot_rng is not None:  # continue exactly as a run resumed from this snapshot would
+                training_state.set_rng_state(snapshot_rng)
 
             if rank == 0:
                 timestamp = time.time()
@@ -419,10 +460,13 @@ def training_loop(
             if done:
                 break
         bar.close()
+        if stop_signal is not None:
+            log(f"\nStopped by {preemption.signal_name(stop_signal)}; continue exactly with --resume {snapshot_pkl}")
         log("\nExiting...")
         return dict(G=G, D=D, G_ema=G_ema, augment_pipe=augment_pipe, cur_nimg=cur_nimg, cur_tick=cur_tick - 1,
-                    batch_idx=batch_idx)
+                    batch_idx=batch_idx, stopped_by=stop_signal, snapshot_pkl=snapshot_pkl)
     finally:
+        stop.close()
         log.flush()
         if stats_tfevents is not None:
             stats_tfevents.close()
@@ -443,18 +487,27 @@ def _save_snapshot(run_dir: str, rank: int, distributed: bool, training_set_kwar
     snapshot["progress"] = progress
     path = os.path.join(run_dir, f"network-snapshot-{progress['cur_nimg'] // 1000:06d}.pkl")
     if rank == 0:
+        training_state.remove_stale(training_state.state_path(path))  # a kill in between leaves no wrong one
         save_network_pkl(path, snapshot)
     return path, snapshot["G_ema"]
 
 
-def _evaluate_metrics(G_ema, metrics, metrics_num, training_set_kwargs, device, seed, snapshot_pkl, run_dir,
-                      log: RunLog) -> dict[str, float]:
-    """Run the metrics hook on a snapshot's G_ema; returns {metric result name: value} for TensorBoard."""
-    from .metrics import evaluate_snapshot
+def _evaluate_metrics(G_ema, metrics, metrics_num, training_set_kwargs, metric_data, best_metric, device, seed,
+                      snapshot_pkl, cur_nimg, run_dir, log: RunLog) -> dict[str, float]:
+    """Run the metrics hook on a snapshot's G_ema against the training data (or `metric_data`, held-out images,
+    as they are); keep the best snapshot; returns {metric result name: value} for TensorBoard."""
+    from .best_snapshot import update_best
+    from .metrics import append_records, evaluate_snapshot
     log("Evaluating metrics...")
-    records = evaluate_snapshot(G_ema, metrics=list(metrics), data=training_set_kwargs["path"], num_gen=metrics_num,
-                                mirror=bool(training_set_kwargs.get("xflip", False)), device=str(device), seed=seed,
-                                snapshot_pkl=snapshot_pkl, run_dir=run_dir)
+    data = training_set_kwargs["path"] if metric_data is None else metric_data
+    mirror = bool(training_set_kwargs.get("xflip", False)) and metric_data is None
+    records = evaluate_snapshot(G_ema, metrics=list(metrics), data=data, num_gen=metrics_num, mirror=mirror,
+                                device=str(device), seed=seed, snapshot_pkl=os.path.basename(snapshot_pkl))
+    append_records([dict(record, data=data) for record in records], run_dir)
+    for record in records:
+        if record["metric"] == best_metric and update_best(run_dir, best_metric, record["results"][best_metric],
+                                                           snapshot_pkl, cur_nimg / 1000):
+            log(f"New best {best_metric}: {os.path.basename(snapshot_pkl)} is now best-{best_metric}.pkl")
     results: dict[str, float] = {}
     for record in records:
         for name, value in record.get("results", {}).items():

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
+import sys
 
 import click
 
@@ -15,15 +17,27 @@ from stylegan_rlo.cli.options import bool_option
 
 from stylegan_rlo.dataset import DatasetError
 from stylegan_rlo.launch import launch_training, torchrun_env
+from stylegan_rlo.preemption import TrainingStopped
 from stylegan_rlo.run_dir import next_run_id
 from stylegan_rlo.training_config import CFG_NAMES, DEFAULT_K, TrainingOptionsError, setup_training_options
+
+
+def resume_command(argv: list[str], snapshot: str) -> str:
+    """The command line `argv` with its --resume replaced by `snapshot`."""
+    args, skip = [], False
+    for arg in argv[1:]:
+        if skip or arg == "--resume" or arg.startswith("--resume="):
+            skip = arg == "--resume"
+            continue
+        args.append(arg)
+    return shlex.join(["python", argv[0]] + args + ["--resume", snapshot])
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--data", required=True, metavar="PATH", help="Training data: a ZIP or a folder of images.")
 @click.option("--outdir", required=True, metavar="DIR", help="Where run directories are created.")
 @click.option("--resume", metavar="PKL", help="Network to start from: path or URL of an official pickle or one of "
-              "our snapshots (ours continue kimg, tick and ADA p).")
+              "our snapshots (ours continue kimg, tick and ADA p; exactly with the .state.pt file beside them).")
 @click.option("--loss", default="rooted", show_default=True, metavar="logistic|rooted",
               help="Adversarial objective.")
 @click.option("--k", type=float, metavar="FLOAT", help=f"Root of the rooted objective [default: {DEFAULT_K:g}].")
@@ -64,6 +78,17 @@ from stylegan_rlo.training_config import CFG_NAMES, DEFAULT_K, TrainingOptionsEr
 @click.option("--metrics", default="none", show_default=True, metavar="LIST",
               help="Metrics at each snapshot: comma-separated (fid50k_full,kid50k_full) or none.")
 @click.option("--metrics-num", type=int, metavar="INT", help="Generated images per metric [default: 50000].")
+# -- Fine-tuning features (resolution adaptation, EMA, held-out evaluation): one block. --
+@bool_option("--adapt-resolution", "Resume a --resume network of another resolution: blocks both resolutions "
+             "have are copied, the others start fresh (report in log.txt and training_options.json).")
+@click.option("--ema-kimg", type=float, metavar="FLOAT", help="G_ema half-life in kimg [default: from --cfg].")
+@click.option("--ema-rampup", metavar="FLOAT|none", help="G_ema ramp-up: the half-life is at most this times the "
+              "kimg so far [default: from --cfg; none when resuming].")
+@click.option("--metric-data", metavar="PATH", help="Compute --metrics against this dataset (e.g. held-out images) "
+              "instead of the training data.")
+@click.option("--best-metric", metavar="NAME", help="Keep the best snapshot by this metric as best-NAME.pkl "
+              "(+ .json) [default: the first of --metrics].")
+# -- end of the fine-tuning block --
 @bool_option("--dry-run", "Print the training options and exit.")
 @bool_option("--trust-pickle", "Execute the code embedded in the --resume pickle (only for trusted files).")
 def main(outdir: str, dry_run: bool, **opts) -> None:
@@ -107,5 +132,10 @@ def main(outdir: str, dry_run: bool, **opts) -> None:
         run_dir = launch_training(run_desc, options, outdir)
     except DatasetError as e:  # a bad image that only shows when decoded (e.g. truncated data)
         raise click.ClickException(f"--data: {e}") from e
+    except TrainingStopped as e:  # SIGINT / SIGTERM: a snapshot with its training state was written
+        if is_main:
+            click.echo(f"\nStopped by {e.signal_name}; {e.snapshot} and its training state are written. "
+                       f"Continue exactly with:\n  {resume_command(sys.argv, e.snapshot)}", err=True)
+        click.get_current_context().exit(e.exit_code)
     if is_main:
         click.echo(f"Run directory: {run_dir}")
