@@ -20,6 +20,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
+from .best_snapshot import read_best, resolve_best_metric, update_best
 from .dataset import DatasetError, ImageFolderDataset
 from .fileio import atomic_write
 from .generate import GenerateError, generate_images, parse_int_list, seed_latents
@@ -160,6 +161,7 @@ class RunResult:
     points: list[dict]
     train_sec: float = 0.0
     eval_sec: float = 0.0
+    best: dict | None = None  # best-<metric>.json of the run: its best snapshot by the tracked metric
 
 
 def _validate(network: str, data: str, ref: str, objectives: Sequence[Objective], seeds: Sequence[int], kimg: float,
@@ -213,7 +215,7 @@ def compare_objectives(*, network: str, data: str, ref: str, objectives: Sequenc
                        kimg: float, snap_kimg: float, outdir: str,
                        metrics: Sequence[str] = ("fid50k_full", "kid50k_full"), metrics_num: int | None = None,
                        device: str = "auto", train_options: dict | None = None, ema_kimg: float | None = None,
-                       grid: tuple[int, int] = (8, 4),
+                       grid: tuple[int, int] = (8, 4), best_metric: str | None = None,
                        metric_seed: int = 0, inception_weights: str | None = None,
                        log: Callable[[str], Any] = print, show_progress: bool = True) -> dict:
     """Fine-tune `network` on `data` for `kimg` (on top of its own progress) once per objective and seed, with
@@ -226,6 +228,10 @@ def compare_objectives(*, network: str, data: str, ref: str, objectives: Sequenc
     train_options = dict(train_options or {})
     names, data_set, ref_set = _validate(network, data, ref, objectives, seeds, kimg, snap_kimg, metrics,
                                          metrics_num, ema_kimg, train_options)
+    try:
+        best_metric = resolve_best_metric(best_metric, names)  # each run keeps best-<metric>.pkl
+    except TrainingOptionsError as e:
+        raise CompareError(str(e)) from e
     trust = bool(train_options.get("trust_pickle", False))
     try:
         start = load_network_pkl(network, trust_pickle=trust)
@@ -253,7 +259,7 @@ def compare_objectives(*, network: str, data: str, ref: str, objectives: Sequenc
     weights = dict(inception_weights=inception_weights)
     config = dict(network=network, data=data, ref=ref, outdir=outdir, objectives=[asdict(o) for o in objectives],
                   seeds=list(seeds), kimg=kimg, snap_kimg=snap_kimg, start_kimg=start_kimg, metrics=names,
-                  metrics_num=metrics_num, metric_seed=metric_seed, device=str(run_device),
+                  metrics_num=metrics_num, metric_seed=metric_seed, device=str(run_device), best_metric=best_metric,
                   batch=plans[0][3].batch_size, ema_kimg=plans[0][3].ema_kimg, train_options=train_options,
                   num_data=len(data_set), num_ref=len(ref_set), mirror=bool(plans[0][3].training_set_kwargs["xflip"]))
     timings: dict[str, float] = {}
@@ -298,6 +304,10 @@ def compare_objectives(*, network: str, data: str, ref: str, objectives: Sequenc
                            points=[dict(start_point)], train_sec=train_sec)
         result.points += _evaluate_run(run_dir, names, ref, metrics_num, run_device, metric_seed, start_nimg, trust,
                                        weights, show_progress, log, f"[run {i + 1}/{num_runs}]")
+        for point in result.points[1:]:
+            update_best(run_dir, best_metric, point[best_metric], os.path.join(run_dir, point["snapshot"]),
+                        point["kimg"])
+        result.best = read_best(run_dir, best_metric)
         final = load_network_pkl(_snapshots(run_dir)[-1], trust_pickle=trust)
         after = grid_images(final["G_ema"], grid, run_device)
         final_kimg = result.points[-1]["kimg"]
@@ -407,6 +417,14 @@ def summary_markdown(summary: dict) -> str:
     ]
     start = summary["start"]
     lines += _table([row(None, start)] + [row(r, r["points"][-1]) for r in runs if len(r["points"]) > 1], header)
+    best = cfg.get("best_metric")
+    if best and any(r.get("best") for r in runs):
+        label = METRIC_LABELS.get(best, best)
+        lines += ["", f"## Best snapshot of each run (by {label})", "",
+                  f"Kept in each run directory as `best-{best}.pkl` (with `best-{best}.json`).", ""]
+        lines += _table([[r["loss"], "-" if r["k"] is None else format_k(r["k"]), str(r["seed"]),
+                          f"{r['best']['kimg']:g}", _metric_cell(best, r["best"]["value"]), r["best"]["snapshot"]]
+                         for r in runs if r.get("best")], ["objective", "k", "seed", "kimg", label, "snapshot"])
     if runs and len({r["seed"] for r in runs}) > 1:
         lines += ["", "## Mean over seeds (final snapshots)", ""]
         mean_rows = []

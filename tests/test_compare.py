@@ -137,6 +137,19 @@ def test_compare_end_to_end(tmp_path, weights, one_thread):  # noqa: F811 (fixtu
                        f"{final['kid50k_full']:.4f}", f"{round(final['wall_sec'])} s"]
     assert "Mean over seeds" not in md  # one seed only
 
+    # Best snapshot (by default the first metric): one snapshot per run here, so it is also the last.
+    assert summary["config"]["best_metric"] == "fid50k_full"
+    for run in runs:
+        final = run["points"][-1]
+        with open(os.path.join(run["run_dir"], "best-fid50k_full.json"), encoding="utf-8") as f:
+            assert run["best"] == json.load(f) == dict(metric="fid50k_full", kimg=0.008, value=final["fid50k_full"],
+                                                       snapshot="network-snapshot-000000.pkl")
+        with open(os.path.join(run["run_dir"], "best-fid50k_full.pkl"), "rb") as a, \
+                open(os.path.join(run["run_dir"], "network-snapshot-000000.pkl"), "rb") as b:
+            assert a.read() == b.read()
+    assert [row[:5] for row in _table_rows(md, "Best snapshot of each run (by FID)")] == \
+        [[r["loss"], "-" if r["k"] is None else "8", "3", "0.008", f"{r['best']['value']:.2f}"] for r in runs]
+
     # Grids: 'before' is the start network on official seed latents 0..3, identical in every file; 'after' moved.
     G = load_network_pkl(TINY_UNCOND)["G_ema"]
     z = torch.from_numpy(np.concatenate([np.random.RandomState(s).randn(1, G.z_dim) for s in range(4)])).float()
@@ -165,6 +178,8 @@ def test_compare_end_to_end(tmp_path, weights, one_thread):  # noqa: F811 (fixtu
     (["--ema-kimg", "-1"], "ema-kimg must be a positive"),
     (["--network", "/nonexistent/net.pkl"], "file not found"),
     (["--ref", "/nonexistent/ref.zip"], "--ref /nonexistent/ref.zip"),
+    (["--metric-data", "/nonexistent/ref.zip"], "--ref /nonexistent/ref.zip"),  # the same option
+    (["--metrics", "fid50k_full", "--best-metric", "kid"], "one of the evaluated metrics"),
     (["--gamma", "-1"], "--gamma must be"),
     (["--network", str(TINY_COND)], "conditional network"),
     (["--grid", "8"], "COLSxROWS"),

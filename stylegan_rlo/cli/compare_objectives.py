@@ -12,7 +12,8 @@ from stylegan_rlo.generate import GenerateError, parse_grid
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--network", required=True, metavar="PKL", help="Checkpoint every run starts from (path or URL).")
 @click.option("--data", required=True, metavar="PATH", help="Fine-tuning dataset (ZIP or folder).")
-@click.option("--ref", required=True, metavar="PATH", help="Reference dataset for FID/KID (e.g. held-out images).")
+@click.option("--ref", "--metric-data", "ref", required=True, metavar="PATH",
+              help="Reference dataset for FID/KID (e.g. held-out images).")
 @click.option("--objectives", default="logistic,rooted:8", show_default=True, metavar="LIST",
               help="Objectives to compare: logistic, rooted:K (rooted alone = rooted:8), comma-separated.")
 @click.option("--seeds", default="0", show_default=True, metavar="LIST", help="Training seeds, e.g. 0,1 or 0-3.")
@@ -31,6 +32,8 @@ from stylegan_rlo.generate import GenerateError, parse_grid
 @click.option("--device", default="auto", show_default=True, metavar="auto|cuda|cpu", help="Compute device.")
 @click.option("--ema-kimg", type=float, metavar="FLOAT", help="G_ema half-life in kimg [default: from --cfg auto, "
               "10; use ~kimg/5 for short runs].")
+@click.option("--best-metric", metavar="NAME", help="Keep each run's best snapshot by this metric as "
+              "best-NAME.pkl and report it [default: the first of --metrics].")
 @click.option("--grid", default="8x4", show_default=True, metavar="COLSxROWS", help="Before/after image grid size.")
 @bool_option("--mirror", "Add x-flipped copies of the fine-tuning dataset.")
 @click.option("--batch", type=int, metavar="INT", help="Total batch size [default: from --cfg auto].")
@@ -50,8 +53,8 @@ from stylegan_rlo.generate import GenerateError, parse_grid
 @bool_option("--trust-pickle", "Execute code embedded in the --network pickle (only for trusted files).")
 def main(network: str, data: str, ref: str, objectives: str, seeds: str, kimg: float, snap_kimg: float | None,
          metrics: str, metrics_num: int | None, metric_seed: int, inception_weights: str | None, outdir: str,
-         device: str, ema_kimg: float | None, grid: str, mirror: bool, cond: bool, trust_pickle: bool,
-         **passthrough) -> None:
+         device: str, ema_kimg: float | None, grid: str, best_metric: str | None, mirror: bool, cond: bool,
+         trust_pickle: bool, **passthrough) -> None:
     """Compare adversarial objectives by fine-tuning one checkpoint once per objective and seed.
 
     \b
@@ -83,7 +86,8 @@ def main(network: str, data: str, ref: str, objectives: str, seeds: str, kimg: f
         compare_objectives(network=network, data=data, ref=ref, objectives=objective_list, seeds=seed_list,
                            kimg=kimg, snap_kimg=kimg / 4 if snap_kimg is None else snap_kimg, outdir=outdir,
                            metrics=metrics.split(","), metrics_num=metrics_num, device=device,
-                           train_options=train_options, ema_kimg=ema_kimg, grid=grid_size, metric_seed=metric_seed,
+                           train_options=train_options, ema_kimg=ema_kimg, grid=grid_size, best_metric=best_metric,
+                           metric_seed=metric_seed,
                            inception_weights=inception_weights, log=click.echo)
     except CompareError as e:
         raise click.UsageError(str(e)) from None
