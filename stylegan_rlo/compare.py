@@ -33,7 +33,7 @@ from .training_config import DEFAULT_K, TrainingOptionsError, format_k, setup_tr
 
 # Options the comparison sets itself for every run; the rest of setup_training_options may be passed through.
 CONTROLLED_OPTIONS = ("data", "resume", "loss", "k", "seed", "kimg", "tick", "snap", "metrics", "metrics_num",
-                      "device", "desc")
+                      "device", "desc", "exact_resume")
 METRIC_LABELS = {"fid50k_full": "FID", "kid50k_full": "KID"}
 START_LABEL = "start (shared)"
 
@@ -246,7 +246,8 @@ def compare_objectives(*, network: str, data: str, ref: str, objectives: Sequenc
             try:
                 desc, options = setup_training_options(
                     data=data, resume=network, loss=obj.loss, k=obj.k, seed=seed, kimg=start_kimg + kimg,
-                    tick=snap_kimg, snap=1, device=device, desc=f"seed{seed}", **train_options)
+                    tick=snap_kimg, snap=1, device=device, desc=f"seed{seed}", exact_resume=False,
+                    **train_options)  # a training state would replace each run's seed with the stored RNG
             except TrainingOptionsError as e:
                 raise CompareError(f"{obj.label}, seed {seed}: {e}") from e
             except TypeError as e:

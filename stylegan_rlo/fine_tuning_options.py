@@ -60,11 +60,11 @@ def check_metric_data(metric_data: str, resolution: int, channels: int, c_dim: i
 
 def apply(args: dict, G_kwargs: dict, D_kwargs: dict, *, resume: str | None, resume_data: dict | None,
           resolution: int, channels: int, c_dim: int, adapt_resolution: bool, ema_kimg: Any, ema_rampup: Any,
-          metric_data: str | None, best_metric: str | None) -> tuple[dict, dict]:
+          metric_data: str | None, best_metric: str | None, exact_resume: bool = True) -> tuple[dict, dict]:
     """Set the fine-tuning entries of the training_loop kwargs `args`; returns the (possibly adapted) G/D kwargs.
 
     Sets resume_transfer (the --adapt-resolution report, or None), resume_state (the state file used for an exact
-    resume, or None), ema_kimg / ema_rampup / ada_kimg, metric_data and best_metric.
+    resume, or None; `exact_resume=False` ignores it), ema_kimg / ema_rampup / ada_kimg, metric_data and best_metric.
     """
     from . import adapt_resolution as adapt
     from . import training_state
@@ -76,7 +76,7 @@ def apply(args: dict, G_kwargs: dict, D_kwargs: dict, *, resume: str | None, res
     if resume is not None and adapt_resolution:
         G_kwargs, D_kwargs, args["resume_transfer"] = adapt.adapt(resume_data, G_kwargs, D_kwargs, resolution,
                                                                   resume)
-    if resume is not None and args["resume_transfer"] is None:
+    if resume is not None and args["resume_transfer"] is None and exact_resume:
         path = training_state.find_state(resume)
         if path is not None:
             state = training_state.read(path, progress=resume_data.get("progress") or {})

@@ -247,7 +247,7 @@ def setup_training_options(*, data: str, resume: str | None = None, loss: str = 
                            metrics: str | list[str] | None = None, metrics_num: int | None = None,
                            trust_pickle: bool = False, adapt_resolution: bool = False, ema_kimg: float | None = None,
                            ema_rampup: float | str | None = None, metric_data: str | None = None,
-                           best_metric: str | None = None) -> tuple[str, EasyDict]:
+                           best_metric: str | None = None, exact_resume: bool = True) -> tuple[str, EasyDict]:
     """Validate everything and return (run description 'dataset-cfg-loss[k][-desc]', training_loop kwargs).
 
     Raises TrainingOptionsError with a message naming the option (or file) and what to do about it.
@@ -383,7 +383,7 @@ def setup_training_options(*, data: str, resume: str | None = None, loss: str = 
     G_kwargs, D_kwargs = fine_tuning_options.apply(
         args, G_kwargs, D_kwargs, resume=resume, resume_data=resume_data, resolution=resolution, channels=channels,
         c_dim=c_dim, adapt_resolution=bool(adapt_resolution), ema_kimg=ema_kimg, ema_rampup=ema_rampup,
-        metric_data=metric_data, best_metric=best_metric)
+        metric_data=metric_data, best_metric=best_metric, exact_resume=bool(exact_resume))
     if args.resume_transfer is not None:
         start_kimg = 0.0  # an adapted network starts a new training: kimg counts from 0
     if mbstd_group is not None:

@@ -85,6 +85,8 @@ def test_state_file_from_another_snapshot_is_refused(tmp_path, one_thread):
     data = make_zip(tmp_path / "dogs.zip", num=8)
     first = run(tmp_path, data, TINY_UNCOND, 1, "first")
     pkl = os.path.join(first, "network-snapshot-000000.pkl")
+    ignored = setup_training_options(data=str(data), resume=pkl, kimg=1, device="cpu", exact_resume=False)[1]
+    assert ignored.resume_state is None and ignored.ada_kimg == 100  # compare_objectives: each run keeps its seed
     state = torch.load(training_state.state_path(pkl), weights_only=True)
     state["progress"]["batch_idx"] = 7
     torch.save(state, training_state.state_path(pkl))
