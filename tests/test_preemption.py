@@ -107,7 +107,7 @@ def test_sigterm_finishes_the_iteration_writes_a_snapshot_and_exits_143(tmp_path
     assert "Received SIGTERM: stopping after this iteration" in output
 
 
-@pytest.mark.slow  # ~30-60 s on a shared CPU: two spawned gloo ranks
+@pytest.mark.slow  # ~60-120 s on a shared CPU: two spawned gloo ranks, twice
 def test_sigint_to_the_gpus_2_launcher_stops_every_rank(tmp_path):
     proc = start(tmp_path, ["--gpus", "2"])
     run_dir = wait_for_ticks(proc, tmp_path / "runs", 2)
@@ -115,11 +115,19 @@ def test_sigint_to_the_gpus_2_launcher_stops_every_rank(tmp_path):
     assert len(ranks) >= 2
     os.kill(proc.pid, signal.SIGINT)  # the launcher alone, as `kill -INT`
     output = finish(proc)
-    check_stopped_run(output, run_dir, 130, proc.returncode, 2)
+    progress = check_stopped_run(output, run_dir, 130, proc.returncode, 2)
     deadline = time.time() + 10
     while time.time() < deadline and any(alive(pid) for pid in ranks):
         time.sleep(0.1)
     assert not any(alive(pid) for pid in ranks)
+    # Both ranks continue from the snapshot: rank 0 reads the state file and hands it to rank 1.
+    snapshot = os.path.join(run_dir, "network-snapshot-000000.pkl")
+    proc = start(tmp_path, ["--gpus", "2", "--resume", snapshot, "--kimg", (progress["cur_nimg"] + 4) / 1000])
+    output = finish(proc, timeout=400)
+    assert proc.returncode == 0, output[-3000:]
+    resumed = sorted(os.listdir(tmp_path / "runs"))[-1]
+    with open(tmp_path / "runs" / resumed / "log.txt", encoding="utf-8") as f:
+        assert f'Restored the training state from "{training_state.state_path(snapshot)}"' in f.read()
 
 
 def test_stop_request_records_the_first_signal_and_escalates_on_the_second():
