@@ -231,3 +231,17 @@ def test_compare_seeds_and_snapshots_slow(tmp_path, weights, one_thread):  # noq
         sd = np.sqrt(((fid - fid.mean()) ** 2).sum() / (len(fid) - 1))
         assert row[3] == f"{fid.mean():.2f} ± {sd:.2f}"
     assert len(_table_rows(md, "Every snapshot")) == 1 + 4 * 2
+
+
+def test_cli_reports_a_run_stopped_by_a_signal(tmp_path, monkeypatch):
+    from stylegan_rlo.preemption import TrainingStopped
+
+    def stopped(**kwargs):
+        raise TrainingStopped(15, "out/runs/00000-x", "out/runs/00000-x/network-snapshot-000001.pkl")
+
+    monkeypatch.setattr(compare, "compare_objectives", stopped)
+    data = make_zip(tmp_path / "d.zip", num=4)
+    result = CliRunner().invoke(cli_main, ["--network", str(TINY_UNCOND), "--data", data, "--ref", data, "--kimg", "4",
+                                           "--outdir", str(tmp_path / "out")])
+    assert result.exit_code == 143, result.output
+    assert "Stopped by SIGTERM" in result.output and "network-snapshot-000001.pkl" in result.output

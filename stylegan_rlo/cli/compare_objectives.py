@@ -68,6 +68,7 @@ def main(network: str, data: str, ref: str, objectives: str, seeds: str, kimg: f
     from stylegan_rlo.inception_weights import InceptionWeightsError
     from stylegan_rlo.metrics import MetricError
     from stylegan_rlo.pickles import PickleError
+    from stylegan_rlo.preemption import TrainingStopped
 
     try:
         grid_size = parse_grid(grid)
@@ -93,3 +94,7 @@ def main(network: str, data: str, ref: str, objectives: str, seeds: str, kimg: f
         raise click.UsageError(str(e)) from None
     except (MetricError, InceptionWeightsError, DatasetError, PickleError) as e:
         raise click.ClickException(str(e)) from None
+    except TrainingStopped as e:  # SIGINT / SIGTERM during a run: it stopped after a snapshot
+        click.echo(f"\nStopped by {e.signal_name} during a run; its last snapshot is {e.snapshot}. The comparison is "
+                   f"incomplete: summary.md covers the finished runs.", err=True)
+        click.get_current_context().exit(e.exit_code)
