@@ -15,7 +15,7 @@ from .fileio import atomic_write
 from .training_config import TrainingOptionsError
 
 
-def resolve_best_metric(best_metric: str | None, metrics: Sequence[str], flag: str = "--metrics") -> str | None:
+def resolve_best_metric(best_metric: str | None, metrics: Sequence[str]) -> str | None:
     """The metric to track: `best_metric` (a name or shorthand among `metrics`), by default the first metric."""
     if best_metric is None:
         return metrics[0] if metrics else None
@@ -26,7 +26,7 @@ def resolve_best_metric(best_metric: str | None, metrics: Sequence[str], flag: s
         raise TrainingOptionsError(f"--best-metric: {e}") from e
     if not names or names[0] not in metrics:
         raise TrainingOptionsError(f"--best-metric {best_metric}: it must be one of the evaluated metrics "
-                                   f"({flag} {','.join(metrics) or 'none'})")
+                                   f"(--metrics {','.join(metrics) or 'none'})")
     return names[0]
 
 
