@@ -20,6 +20,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
+from .compare_stats import comparison_statistics, statistics_markdown
 from .dataset import DatasetError, ImageFolderDataset
 from .fileio import atomic_write
 from .generate import GenerateError, generate_images, parse_int_list, seed_latents
@@ -345,9 +346,11 @@ def _evaluate_run(run_dir: str, names: list[str], ref: str, metrics_num: int | N
 
 
 def _summary(config: dict, floor: dict, start: dict, results: Sequence[RunResult], timings: dict) -> dict:
-    return dict(config=config, noise_floor=floor, start=start, runs=[asdict(r) for r in results],
-                timings=dict(timings, train_sec=sum(r.train_sec for r in results),
-                             eval_sec=sum(r.eval_sec for r in results)))
+    summary = dict(config=config, noise_floor=floor, start=start, runs=[asdict(r) for r in results],
+                   timings=dict(timings, train_sec=sum(r.train_sec for r in results),
+                                eval_sec=sum(r.eval_sec for r in results)))
+    summary["statistics"] = comparison_statistics(summary)
+    return summary
 
 
 # ---- outputs -------------------------------------------------------------------------------------------------------
@@ -407,20 +410,8 @@ def summary_markdown(summary: dict) -> str:
     ]
     start = summary["start"]
     lines += _table([row(None, start)] + [row(r, r["points"][-1]) for r in runs if len(r["points"]) > 1], header)
-    if runs and len({r["seed"] for r in runs}) > 1:
-        lines += ["", "## Mean over seeds (final snapshots)", ""]
-        mean_rows = []
-        for label in dict.fromkeys(r["objective"] for r in runs):
-            group = [r for r in runs if r["objective"] == label and len(r["points"]) > 1]
-            if not group:
-                continue
-            cells = [group[0]["loss"], "-" if group[0]["k"] is None else format_k(group[0]["k"]), str(len(group))]
-            for n in names:
-                vals = np.array([g["points"][-1][n] for g in group])
-                cells.append(f"{_metric_cell(n, vals.mean())} ± {_metric_cell(n, vals.std(ddof=1) if len(vals) > 1 else 0.0)}")
-            mean_rows.append(cells)
-        lines += _table(mean_rows, ["objective", "k", "seeds"] + [METRIC_LABELS.get(n, n) + " (mean ± sd)"
-                                                                   for n in names])
+    if runs:
+        lines += [""] + statistics_markdown(comparison_statistics(summary), names, METRIC_LABELS)
     lines += ["", "## Every snapshot", ""]
     lines += _table([row(None, start)] + [row(r, p) for r in runs for p in r["points"][1:]], header)
     t = summary["timings"]
@@ -432,21 +423,25 @@ def summary_markdown(summary: dict) -> str:
 
 
 def plot_metrics(summary: dict, path: str) -> None:
-    """metrics.png: each metric against kimg, one line per run, the noise floor dashed."""
+    """metrics.png: each metric against kimg: per objective the mean over seeds with a +-sd band, each run as a
+    thin line, the noise floor dashed."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     names = summary["config"]["metrics"]
     fig, axes = plt.subplots(1, len(names), figsize=(5.5 * len(names), 4), squeeze=False)
-    labels = list(dict.fromkeys(r["objective"] for r in summary["runs"]))
-    styles = ["-", "--", ":", "-."]
+    stats = comparison_statistics(summary)
     for ax, name in zip(axes[0], names):
-        for r in summary["runs"]:
-            xs = [p["kimg"] for p in r["points"]]
-            ys = [p[name] for p in r["points"]]
-            seed_idx = summary["config"]["seeds"].index(r["seed"]) if r["seed"] in summary["config"]["seeds"] else 0
-            ax.plot(xs, ys, marker="o", color=f"C{labels.index(r['objective'])}",
-                    linestyle=styles[seed_idx % len(styles)], label=f"{r['objective']}, seed {r['seed']}")
+        for i, (label, obj) in enumerate(stats["objectives"].items()):
+            for r in (r for r in summary["runs"] if r["objective"] == label):
+                ax.plot([p["kimg"] for p in r["points"]], [p[name] for p in r["points"]], color=f"C{i}",
+                        linewidth=0.7, alpha=0.35)
+            snaps = [s for s in obj["snapshots"] if s[name]["mean"] is not None]
+            xs = np.array([s["kimg"] for s in snaps])
+            mean = np.array([s[name]["mean"] for s in snaps])
+            sd = np.array([s[name]["sd"] or 0.0 for s in snaps])
+            ax.plot(xs, mean, marker="o", color=f"C{i}", label=f"{label} (mean of {obj['runs']} run(s))")
+            ax.fill_between(xs, mean - sd, mean + sd, color=f"C{i}", alpha=0.2)
         if name in summary["noise_floor"]:
             ax.axhline(summary["noise_floor"][name], color="gray", linestyle="--", linewidth=1,
                        label="noise floor (train vs ref)")

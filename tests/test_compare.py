@@ -135,7 +135,12 @@ def test_compare_end_to_end(tmp_path, weights, one_thread):  # noqa: F811 (fixtu
         final = run["points"][-1]
         assert row == [run["loss"], "-" if run["k"] is None else "8", "3", "0.008", f"{final['fid50k_full']:.2f}",
                        f"{final['kid50k_full']:.4f}", f"{round(final['wall_sec'])} s"]
-    assert "Mean over seeds" not in md  # one seed only
+    # One seed: means without sd, the paired difference over one seed without an interval.
+    means = _table_rows(md, "Mean ± sd over seeds, per snapshot")
+    assert [r[:3] for r in means] == [["logistic", "0", "1"], ["logistic", "0.008", "1"], ["rooted k=8", "0", "1"],
+                                      ["rooted k=8", "0.008", "1"]]
+    diff = runs[1]["points"][-1]["fid50k_full"] - runs[0]["points"][-1]["fid50k_full"]
+    assert _table_rows(md, "Paired difference: rooted k=8 minus logistic (same seeds: 3)")[0][:3] == ["0.008", "1", f"{diff:.2f} [-, -]"]
 
     # Grids: 'before' is the start network on official seed latents 0..3, identical in every file; 'after' moved.
     G = load_network_pkl(TINY_UNCOND)["G_ema"]
@@ -209,9 +214,9 @@ def test_compare_seeds_and_snapshots_slow(tmp_path, weights, one_thread):  # noq
         for name in METRICS:
             assert [r["results"][name] for r in _records(run["run_dir"], name)] == [p[name] for p in run["points"]]
     md = open(os.path.join(outdir, "summary.md"), encoding="utf-8").read()
-    means = _table_rows(md, "Mean over seeds (final snapshots)")
+    means = [r for r in _table_rows(md, "Mean ± sd over seeds, per snapshot") if r[1] == "2"]
     for row, group in zip(means, (runs[:2], runs[2:])):
-        assert row[:3] == [group[0]["loss"], "-" if group[0]["k"] is None else "2", "2"]
+        assert row[:3] == [group[0]["objective"], "2", "2"]
         fid = np.array([g["points"][-1]["fid50k_full"] for g in group], dtype=np.float64)
         sd = np.sqrt(((fid - fid.mean()) ** 2).sum() / (len(fid) - 1))
         assert row[3] == f"{fid.mean():.2f} ± {sd:.2f}"
