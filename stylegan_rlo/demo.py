@@ -11,9 +11,11 @@ import os
 import time
 from typing import Any, Callable
 
-from .compare import Objective, compare_objectives
+from .compare import compare_objectives
 from .demo_data import build_demo_datasets
+from .errors import UserError
 from .inception_weights import prepare_weights
+from .objectives import Objective
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEMO_NETWORK = os.path.join(REPO, "assets", "demo-source.pkl")
@@ -31,17 +33,13 @@ DEMO_TRAIN_OPTIONS = dict(batch=16, mirror=True, aug="ada", gamma=0.01, workers=
 DEMO_EMA_KIMG = 1.0
 
 
-class DemoError(RuntimeError):
-    """The demo cannot start; the message says what is missing."""
-
-
 def run_demo(outdir: str = "demo-out", *, network: str = DEMO_NETWORK, device: str = "cpu",
              log: Callable[[str], Any] = print, show_progress: bool = True) -> dict:
     """Build the demo data (offline once the wheel is cached), make sure the Inception weights are converted, then
     run the objective comparison into `outdir`; returns the comparison summary (timings added)."""
     start = time.time()
     if not os.path.isfile(network):
-        raise DemoError(f"{network} not found: it is the demo's pretrained source model (committed under assets/); "
+        raise UserError(f"{network} not found: it is the demo's pretrained source model (committed under assets/); "
                         f"re-create it with `bash scripts/pretrain_demo_source.sh`")
     log("Demo data: Animal-MNIST silhouettes (300 dogs to fine-tune on, 700 held-out dogs as the reference)...")
     paths = build_demo_datasets(DEMO_DATA_DIR, DEMO_WHEEL_DIR)

