@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Re-create assets/demo-source.pkl: the small "pretrained" StyleGAN2 that `make demo` fine-tunes on dogs.
+# Re-create stylegan_rlo/assets/demo-source.pkl (package data): the small "pretrained" StyleGAN2 that `make demo` fine-tunes on dogs.
 # It is trained from scratch on the nine non-dog Animal-MNIST classes (32x32 grayscale), on CPU.
-# Usage: bash scripts/pretrain_demo_source.sh [KIMG]   (the committed model: see assets/demo-source.md)
+# Usage: bash scripts/pretrain_demo_source.sh [KIMG]   (the committed model: see stylegan_rlo/assets/demo-source.md)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 KIMG="${1:-60}"

@@ -11,9 +11,15 @@ from stylegan_rlo.cli.options import device_option
 
 @command()
 @click.option("--outdir", default="demo-out", show_default=True, metavar="DIR", help="Where the results go.")
-@click.option("--network", metavar="PKL", help="Source model [default: assets/demo-source.pkl].")
+@click.option("--network", metavar="PKL", help="Source model [default: the package's assets/demo-source.pkl].")
 @device_option(default="cpu", help_text="Compute device (the demo is sized for 2 CPU cores).")
-def main(outdir: str, network: str | None, device) -> None:
+@click.option("--data-only", is_flag=True, help="Only build the demo datasets (and check the source model), then "
+              "stop: e.g. on a machine with network access before an offline run.")
+def main(outdir: str, network: str | None, device, data_only: bool) -> None:
     """Fine-tune a small pretrained StyleGAN2 on 300 dog silhouettes with both objectives and compare them."""
-    from stylegan_rlo.demo import DEMO_NETWORK, run_demo
+    from stylegan_rlo.demo import DEMO_NETWORK, prepare_demo_data, run_demo
+    if data_only:
+        paths = prepare_demo_data(network or DEMO_NETWORK, log=click.echo)
+        click.echo(f"Demo data ready: {paths.dogs}, {paths.dogs_heldout}")
+        return
     run_demo(outdir, network=network or DEMO_NETWORK, device=str(device), log=click.echo)
