@@ -9,7 +9,7 @@ import click
 
 from stylegan_rlo.devices import DEVICE_HELP, parse_device
 
-_CLICK_TYPES = {"int": int, "float": float, "str": str}
+_CLICK_TYPES = {"int": (int, "INT"), "float": (float, "FLOAT"), "str": (str, "TEXT")}
 
 
 def device_option(default: str = "auto", help_text: str = f"Compute device: {DEVICE_HELP}."):
@@ -38,13 +38,18 @@ def training_options(names: Iterable[str] | None = None, required: Iterable[str]
 
     def decorate(fn: Callable) -> Callable:
         for option in reversed(chosen):  # click lists options in the order the decorators are written
+            help_text = option.help
+            if option.name not in required and (option.default is not None or option.derived is not None):
+                help_text += f"  [default: {option.default_text}]"
             if option.kind == "bool":
-                decorator = bool_option(option.flag, option.help, default=None, show_default=option.default_text)
+                decorator = bool_option(option.flag, help_text, default=None, show_default=False)
+            elif option.kind == "choice":
+                decorator = click.option(option.flag, type=click.Choice(option.choices), help=help_text,
+                                         required=option.name in required)
             else:
-                kind = click.Choice(option.choices) if option.kind == "choice" else _CLICK_TYPES[option.kind]
-                decorator = click.option(option.flag, type=kind, required=option.name in required,
-                                         metavar=option.metavar, help=option.help,
-                                         show_default=None if option.name in required else option.default_text)
+                kind, metavar = _CLICK_TYPES[option.kind]
+                decorator = click.option(option.flag, type=kind, metavar=option.metavar or metavar, help=help_text,
+                                         required=option.name in required)
             fn = decorator(fn)
         return fn
     return decorate
