@@ -230,7 +230,8 @@ def compare_objectives(*, network: str, data: str, ref: str, objectives: Sequenc
     run_device = torch.device(first.device)
     os.makedirs(outdir, exist_ok=True)
     weights = dict(inception_weights=inception_weights)
-    config = dict(network=network, data=data, ref=ref, outdir=outdir, objectives=[dict(loss=o.name, k=o.k) for o in objectives],
+    config = dict(network=network, data=data, ref=ref, outdir=outdir,
+                  objectives=[dict(loss=o.name, k=o.k) for o in objectives],
                   seeds=list(seeds), kimg=kimg, snap_kimg=snap_kimg, start_kimg=start_kimg, metrics=names,
                   metrics_num=metrics_num, metric_seed=metric_seed, device=str(run_device),
                   batch=first.batch_size, ema_kimg=first.ema_kimg, train_options=train_options,
@@ -397,7 +398,8 @@ def summary_markdown(summary: dict) -> str:
             cells = [group[0]["loss"], "-" if group[0]["k"] is None else f"{group[0]['k']:g}", str(len(group))]
             for n in names:
                 vals = np.array([g["points"][-1][n] for g in group])
-                cells.append(f"{_metric_cell(n, vals.mean())} ± {_metric_cell(n, vals.std(ddof=1) if len(vals) > 1 else 0.0)}")
+                spread = vals.std(ddof=1) if len(vals) > 1 else 0.0
+                cells.append(f"{_metric_cell(n, vals.mean())} ± {_metric_cell(n, spread)}")
             mean_rows.append(cells)
         lines += _table(mean_rows, ["objective", "k", "seeds"] + [METRIC_LABELS.get(n, n) + " (mean ± sd)"
                                                                    for n in names])
@@ -407,7 +409,8 @@ def summary_markdown(summary: dict) -> str:
     lines += ["", f"Time: noise floor {_format_seconds(t.get('noise_floor_sec'))}, start network "
                   f"{_format_seconds(t.get('start_eval_sec'))}, training {_format_seconds(t['train_sec'])}, "
                   f"snapshot evaluation and grids {_format_seconds(t['eval_sec'])}.",
-              "Run directories: " + ", ".join(f"`{os.path.relpath(r['run_dir'], cfg['outdir'])}`" for r in runs) + ".", ""]
+              "Run directories: " + ", ".join(f"`{os.path.relpath(r['run_dir'], cfg['outdir'])}`" for r in runs)
+              + ".", ""]
     return "\n".join(lines)
 
 

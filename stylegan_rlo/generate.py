@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from .errors import UserError
-from .images import save_image_grid, save_png, to_uint8
+from .images import save_image_grid, save_png
 
 NOISE_MODES = ("const", "random", "none")
 

@@ -11,8 +11,8 @@ Numerics shared by every function here:
   k * (expm1(T) + e^T * (u - T)). The continuation is C1, keeps the function finite, decreasing and convex in z
   (a nondecreasing convex function of the convex softplus), and caps the gradient magnitude at
   e^T * sigmoid(-z) <= e^20 ~ 4.9e8, which is the exact gradient's magnitude at the limit -- so a wrong-side
-  logit always gets a finite, strictly negative gradient, for any k in K_RANGE (values stay finite while 4.9e8 * |z| does,
-  i.e. |z| < 7e29 in float32).
+  logit always gets a finite, strictly negative gradient, for any k in K_RANGE (values stay finite while
+  4.9e8 * |z| does, i.e. |z| < 7e29 in float32).
 - k is limited to K_RANGE = [1e-3, 1e7]: every k in it gives finite values and gradients in float32 for every finite
   logit below 7e29 in magnitude, while k = 1e308 rounds to inf in float32 (NaN losses) and k = 1e-300 to 0 (every
   gradient non-finite). Beyond 1e7 the objective is the logistic loss to float32 precision.

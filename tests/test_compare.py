@@ -21,7 +21,7 @@ from stylegan_rlo.errors import UserError
 from stylegan_rlo.objectives import Objective
 from stylegan_rlo.pickles import load_network_pkl
 
-from training_fixtures import TINY_COND, TINY_UNCOND, make_zip, one_thread  # noqa: F401 (fixture)
+from training_fixtures import TINY_COND, TINY_UNCOND, make_zip
 
 METRICS = ["fid50k_full", "kid50k_full"]
 GRID = (2, 2)
@@ -87,7 +87,7 @@ def test_parse_objectives_and_seeds():
         parse_seeds("a")
 
 
-def test_compare_end_to_end(tmp_path, weights, one_thread):  # noqa: F811 (fixture)
+def test_compare_end_to_end(tmp_path, weights, one_thread):
     data = make_zip(tmp_path / "train.zip", num=8, seed=0)
     ref = make_zip(tmp_path / "ref.zip", num=6, seed=1)
     outdir = str(tmp_path / "out")
@@ -193,7 +193,7 @@ def test_channel_mismatch_is_refused(tmp_path):
 
 
 @pytest.mark.slow
-def test_compare_seeds_and_snapshots_slow(tmp_path, weights, one_thread):  # noqa: F811 (fixture)
+def test_compare_seeds_and_snapshots_slow(tmp_path, weights, one_thread):
     """Two objectives x two seeds, two evaluated snapshots each: ordering, wall times, the mean-over-seeds table."""
     data = make_zip(tmp_path / "train.zip", num=8, seed=0)
     ref = make_zip(tmp_path / "ref.zip", num=6, seed=1)

@@ -63,7 +63,8 @@ def test_demo_source_model_is_package_data():
     from stylegan_rlo import demo
     patterns = CONFIG["options.package_data"]["stylegan_rlo"].split(",")
     package_dir = os.path.join(REPO, "stylegan_rlo")
-    shipped = {os.path.abspath(p) for pattern in patterns for p in glob.glob(os.path.join(package_dir, pattern.strip()))}
+    shipped = {os.path.abspath(path) for pattern in patterns
+               for path in glob.glob(os.path.join(package_dir, pattern.strip()))}
     assert os.path.abspath(demo.DEMO_NETWORK) in shipped
     assert os.path.dirname(os.path.abspath(demo.DEMO_NETWORK)).startswith(package_dir + os.sep)
 
@@ -97,7 +98,8 @@ def test_fresh_venv_install_runs_every_command(tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     for name in ("dogs.zip", "dogs-heldout.zip"):
         assert os.path.isfile(tmp_path / "cache" / "stylegan_rlo" / "demo-data" / name)
-    probe = "from stylegan_rlo import demo, pickles; print(demo.DEMO_NETWORK); pickles.load_network_pkl(demo.DEMO_NETWORK)"
+    probe = ("from stylegan_rlo import demo, pickles; print(demo.DEMO_NETWORK); "
+             "pickles.load_network_pkl(demo.DEMO_NETWORK)")
     result = subprocess.run([str(venv / "bin" / "python"), "-c", probe], capture_output=True, text=True, env=env,
                             cwd=tmp_path)
     assert result.returncode == 0 and "site-packages" in result.stdout, result.stderr[-2000:]

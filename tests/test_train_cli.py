@@ -17,7 +17,7 @@ from PIL import Image
 from stylegan_rlo import training_loop
 from stylegan_rlo.cli.train import main
 from stylegan_rlo.pickles import load_network_pkl
-from training_fixtures import TINY_COND, TINY_UNCOND, free_port, make_zip, one_thread, subprocess_env  # noqa: F401
+from training_fixtures import TINY_COND, TINY_UNCOND, free_port, make_zip, subprocess_env
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -22,8 +22,7 @@ from stylegan_rlo.stats import StatsAccumulator, fan_out
 from stylegan_rlo.training_config import setup_training_options
 from stylegan_rlo.training_loop import _next_batch
 from stylegan_rlo.training_step import Batch, TrainingStep, build_phases, ema_beta, sanitize_gradients_, update_ema
-from training_fixtures import (TINY_COND, TINY_UNCOND, ddp_rank_worker, make_zip, one_thread,  # noqa: F401
-                               subprocess_env)
+from training_fixtures import TINY_COND, TINY_UNCOND, ddp_rank_worker, make_zip, subprocess_env
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -47,7 +46,7 @@ def test_lazy_regularization_phases_use_the_mb_ratio_correction():
 
 
 class RecordingLoss:
-    """Stands in for StyleGAN2Loss to observe what TrainingStep.run_phases asks for (phase, rows, sync, gain, which z)."""
+    """Stands in for StyleGAN2Loss to observe what TrainingStep.run_phases asks for (phase, rows, sync, gain, z)."""
 
     def __init__(self):
         self.calls = []
