@@ -1,4 +1,5 @@
-"""Training-speed benchmark: times `training_step` (the loop's own iteration) on synthetic data.
+"""Training-speed benchmark: times `TrainingStep` (the loop's own iteration, on networks, optimizers and augment pipe
+built by the training set-up's own functions) on synthetic data.
 
 Workload per iteration: Gmain; Greg every 4th (pl batch shrink 2); Dmain; Dreg every 16th; Adam steps; G_ema
 update. z_dim = w_dim = 512, no labels, ADA 'bgc' pipe with p fixed at 0.2, style mixing 0.9, r1_gamma 1,

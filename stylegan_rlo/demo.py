@@ -19,7 +19,7 @@ from .inception_weights import cache_root, prepare_weights
 from .objectives import Objective
 
 DEMO_NETWORK = os.path.join(os.path.dirname(os.path.abspath(__file__)), "assets", "demo-source.pkl")
-DEMO_OBJECTIVES = (Objective("logistic"), Objective("rooted", 8.0))
+DEMO_OBJECTIVES = (Objective.parse("logistic"), Objective.parse("rooted:8"))
 DEMO_SEED = 0
 DEMO_KIMG = 4.0         # 250 iterations at batch 16 per run
 DEMO_SNAP_KIMG = 2.0    # two evaluated snapshots per run (+ the shared start)

@@ -205,14 +205,6 @@ def _choice(name: str, value: str, choices: tuple[str, ...]) -> str:
     return value
 
 
-def resolve_device(device: str, num_gpus: int) -> str:
-    """'auto' -> 'cuda' when available, else 'cpu'; 'cuda:N' for one process; checks that CUDA can host num_gpus."""
-    try:
-        return str(parse_device(device, num_gpus))
-    except UserError as e:
-        raise TrainingOptionsError(str(e)) from None
-
-
 def parse_metrics(metrics: str | list[str] | tuple[str, ...] | None) -> list[str]:
     """'none'/''/None -> []; 'a,b' -> ['a', 'b'], validated by stylegan_rlo.metrics (imported only when needed)."""
     if metrics is None:
@@ -354,8 +346,6 @@ def setup_training_options(**values: Any) -> tuple[str, EasyDict]:
     args = EasyDict()
 
     # Objective.
-    if o.loss == "logistic" and o.k is not None:
-        raise TrainingOptionsError(f"--k {o.k:g} only applies to --loss rooted (the logistic objective has no root)")
     try:
         objective = Objective(o.loss, o.k)
     except UserError as e:
@@ -365,7 +355,7 @@ def setup_training_options(**values: Any) -> tuple[str, EasyDict]:
     # Processes, devices, schedule basics.
     num_gpus = o.gpus
     args.num_gpus = num_gpus
-    args.device = resolve_device(o.device, num_gpus)
+    args.device = str(parse_device(o.device, num_gpus))
     args.random_seed = o.seed
     args.data_loader_kwargs = dict(num_workers=o.workers)
     args.kimg_per_tick = o.tick

@@ -1,4 +1,4 @@
-"""The training loop: data, networks (fresh or resumed), DDP, the phases of `training_step`, the ADA heuristic,
+"""The training loop: data, networks (fresh or resumed), DDP, the iterations of `TrainingStep`, the ADA heuristic,
 ticks with stats/status lines, image grids and atomic network snapshots that a later run can resume."""
 
 from __future__ import annotations

@@ -9,6 +9,7 @@ import click
 from stylegan_rlo.cli.command import command
 from stylegan_rlo.cli.options import device_option, given, training_options
 from stylegan_rlo.generate import parse_grid
+from stylegan_rlo.objectives import DEFAULT_K
 from stylegan_rlo.training_config import TRAINING_OPTIONS
 
 PER_RUN_OPTIONS = [option.name for option in TRAINING_OPTIONS if option.per_run]
@@ -18,8 +19,8 @@ PER_RUN_OPTIONS = [option.name for option in TRAINING_OPTIONS if option.per_run]
 @click.option("--network", required=True, metavar="PKL", help="Checkpoint every run starts from (path or URL).")
 @click.option("--data", required=True, metavar="PATH", help="Fine-tuning dataset (ZIP or folder).")
 @click.option("--ref", required=True, metavar="PATH", help="Reference dataset for FID/KID (e.g. held-out images).")
-@click.option("--objectives", default="logistic,rooted:8", show_default=True, metavar="LIST",
-              help="Objectives to compare: logistic, rooted:K (rooted alone = rooted:8), comma-separated.")
+@click.option("--objectives", default=f"logistic,rooted:{DEFAULT_K:g}", show_default=True, metavar="LIST",
+              help=f"Objectives to compare: logistic, rooted:K (rooted alone = rooted:{DEFAULT_K:g}), comma-separated.")
 @click.option("--seeds", default="0", show_default=True, metavar="LIST", help="Training seeds, e.g. 0,1 or 0-3.")
 @click.option("--kimg", type=float, required=True, metavar="FLOAT",
               help="Fine-tuning length of every run, in thousands of images (on top of the checkpoint's own).")

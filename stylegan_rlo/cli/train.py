@@ -35,7 +35,7 @@ def main(outdir: str, dry_run: bool, **opts) -> None:
     env = torchrun_env()
     is_main = env is None or env["rank"] == 0
     if env is not None:
-        if opts.get("gpus", 1) not in (1, env["world_size"]):
+        if opts.get("gpus") not in (None, 1, env["world_size"]):
             raise UserError(f"--gpus {opts['gpus']} under torchrun: the process count comes from torchrun "
                             f"(WORLD_SIZE={env['world_size']}); leave --gpus out")
         opts["gpus"] = env["world_size"]
