@@ -1,10 +1,14 @@
-"""The one device parser every command uses: `auto`, `cpu`, `cuda` or `cuda:N`, checked against what PyTorch sees."""
+"""The one device parser every command uses: `auto`, `cpu`, `cuda` or `cuda:N`, checked against what PyTorch sees.
+torch is imported on use, so that the commands' --help stays fast."""
 
 from __future__ import annotations
 
-import torch
+from typing import TYPE_CHECKING
 
 from .errors import UserError
+
+if TYPE_CHECKING:
+    import torch
 
 DEVICE_HELP = "auto (cuda if available, else cpu), cpu, cuda or cuda:N"
 
@@ -14,6 +18,7 @@ def parse_device(text: str | torch.device, num_processes: int = 1) -> torch.devi
 
     `auto` picks cuda when a GPU is usable. `cuda:N` names one GPU, so it needs num_processes == 1.
     """
+    import torch
     if str(text) == "auto":
         text = "cuda" if torch.cuda.is_available() else "cpu"
     try:
