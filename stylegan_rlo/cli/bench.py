@@ -8,7 +8,6 @@ import click
 
 from stylegan_rlo.cli.command import command
 from stylegan_rlo.cli.options import device_option
-from stylegan_rlo.errors import UserError
 from stylegan_rlo.objectives import DEFAULT_K, OBJECTIVES, Objective
 
 
@@ -32,10 +31,6 @@ def main(res: int, cbase: int, cmax: int, batch: int, map_depth: int, iters: int
     from stylegan_rlo.bench import run_bench
     if res & (res - 1):
         raise click.BadParameter(f"must be a power of two, got {res}", param_hint="--res")
-    try:
-        objective = Objective(loss, k)
-    except UserError as e:
-        raise click.BadParameter(str(e), param_hint="--k") from None
     result = run_bench(res=res, cbase=cbase, cmax=cmax, batch=batch, map_depth=map_depth, iters=iters,
-                       warmup=warmup, device=device, threads=threads, objective=objective, seed=seed)
+                       warmup=warmup, device=device, threads=threads, objective=Objective(loss, k), seed=seed)
     click.echo(json.dumps(result))
