@@ -15,7 +15,7 @@ from typing import IO, Any
 import requests
 from tqdm import tqdm
 
-from stylegan_rlo.fileio import atomic_write
+from .atomic import atomic_write
 
 _URL_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 _CHUNK_BYTES = 1 << 20

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# Re-create assets/demo-source.pkl: the small "pretrained" StyleGAN2 that `make demo` fine-tunes on dogs.
+# Re-create stylegan_rlo/assets/demo-source.pkl: the small "pretrained" StyleGAN2 that `make demo` fine-tunes on dogs.
 # Trained from scratch on source.zip (the nine non-dog Animal-MNIST classes minus the 900 images of
 # source-heldout.zip), 32x32 grayscale, on CPU. The configuration was chosen by the pilot in
-# experiments/demo-source-pilot/ (see assets/demo-source.md). Interrupted? Run it again: it resumes from the
+# experiments/demo-source-pilot/ (see stylegan_rlo/assets/demo-source.md). Interrupted? Run it again: it resumes from the
 # newest snapshot of runs/demo-source (kimg continues).
 # Usage: bash scripts/pretrain_demo_source.sh [KIMG]
 set -euo pipefail

@@ -22,60 +22,34 @@ import torch
 
 from .compare_stats import comparison_statistics, statistics_markdown
 from .dataset import DatasetError, ImageFolderDataset
+from .errors import UserError
 from .fileio import atomic_write
-from .generate import GenerateError, generate_images, parse_int_list, seed_latents
+from .generate import generate_images, parse_int_list, seed_latents
 from .images import make_grid, save_png, to_uint8
 from .launch import launch_training
 from .metrics import MetricError, append_records, evaluate_datasets, evaluate_snapshot, validate_metric_names
-from .objectives import OBJECTIVES
+from .objectives import Objective
 from .pickles import PickleError, load_network_pkl
-from .training_config import DEFAULT_K, TrainingOptionsError, format_k, setup_training_options
+from .training_config import TRAINING_OPTIONS, setup_training_options
 
-# Options the comparison sets itself for every run; the rest of setup_training_options may be passed through.
-CONTROLLED_OPTIONS = ("data", "resume", "loss", "k", "seed", "kimg", "tick", "snap", "metrics", "metrics_num",
-                      "device", "desc")
+# Options the comparison sets itself for every run; the rest of the training options may be passed through.
+CONTROLLED_OPTIONS = tuple(option.name for option in TRAINING_OPTIONS if not option.per_run)
 METRIC_LABELS = {"fid50k_full": "FID", "kid50k_full": "KID"}
 START_LABEL = "start (shared)"
 
 
-class CompareError(ValueError):
+class CompareError(UserError):
     """A comparison that cannot be run as asked; the message says which input is wrong and what to do."""
-
-
-@dataclass(frozen=True)
-class Objective:
-    """One adversarial objective to compare: 'logistic', or 'rooted' with its root k."""
-    loss: str
-    k: float | None = None
-
-    @property
-    def label(self) -> str:
-        return self.loss if self.k is None else f"{self.loss} k={format_k(self.k)}"
-
-    @property
-    def slug(self) -> str:
-        return self.loss if self.k is None else f"{self.loss}{format_k(self.k)}"
 
 
 def parse_objectives(text: str) -> list[Objective]:
     """'logistic,rooted:8,rooted:2' -> objectives ('rooted' alone means k=8); duplicates are an error."""
     out: list[Objective] = []
-    for part in (p.strip() for p in str(text).split(",")):
-        loss, _, k_text = part.partition(":")
-        if loss not in OBJECTIVES:
-            raise CompareError(f"objective {part!r}: expected one of {', '.join(OBJECTIVES)}, optionally with a "
-                               f"root for rooted (e.g. 'logistic,rooted:8,rooted:2')")
-        k = None
-        if loss == "rooted":
-            try:
-                k = float(k_text) if k_text else DEFAULT_K
-            except ValueError:
-                raise CompareError(f"objective {part!r}: k must be a number, as in rooted:8") from None
-            if not (math.isfinite(k) and k > 0):
-                raise CompareError(f"objective {part!r}: k must be a positive finite number")
-        elif k_text:
-            raise CompareError(f"objective {part!r}: the logistic objective takes no k")
-        obj = Objective(loss, k)
+    for part in str(text).split(","):
+        try:
+            obj = Objective.parse(part)
+        except UserError as e:
+            raise CompareError(f"--objectives: {e}") from None
         if obj in out:
             raise CompareError(f"objective {obj.label} is listed twice in {text!r}")
         out.append(obj)
@@ -84,10 +58,7 @@ def parse_objectives(text: str) -> list[Objective]:
 
 def parse_seeds(text: str) -> list[int]:
     """'0,1' or '0-3' -> distinct seeds in order."""
-    try:
-        seeds = parse_int_list(text, what="seed list")
-    except GenerateError as e:
-        raise CompareError(str(e)) from e
+    seeds = parse_int_list(text, what="seed list")
     if len(set(seeds)) != len(seeds):
         raise CompareError(f"seed list {text!r} repeats a seed")
     return seeds
@@ -149,6 +120,15 @@ def _format_seconds(seconds: float | None) -> str:
 
 
 # ---- the comparison ------------------------------------------------------------------------------------------------
+
+@dataclass
+class RunPlan:
+    """One fine-tuning run before it starts: its objective, seed, run description and training_loop options."""
+    objective: Objective
+    seed: int
+    desc: str
+    options: dict
+
 
 @dataclass
 class RunResult:
@@ -240,23 +220,23 @@ def compare_objectives(*, network: str, data: str, ref: str, objectives: Sequenc
         for seed in seeds:
             try:
                 desc, options = setup_training_options(
-                    data=data, resume=network, loss=obj.loss, k=obj.k, seed=seed, kimg=start_kimg + kimg,
+                    data=data, resume=network, loss=obj.name, k=obj.k, seed=seed, kimg=start_kimg + kimg,
                     tick=snap_kimg, snap=1, device=device, desc=f"seed{seed}", **train_options)
-            except TrainingOptionsError as e:
+            except UserError as e:
                 raise CompareError(f"{obj.label}, seed {seed}: {e}") from e
-            except TypeError as e:
-                raise CompareError(f"unknown training option: {e}") from e
             if ema_kimg is not None:
                 options.ema_kimg = float(ema_kimg)
-            plans.append((obj, seed, desc, options))
-    run_device = torch.device(plans[0][3].device)
+            plans.append(RunPlan(obj, seed, desc, options))
+    first = plans[0].options
+    run_device = torch.device(first.device)
     os.makedirs(outdir, exist_ok=True)
     weights = dict(inception_weights=inception_weights)
-    config = dict(network=network, data=data, ref=ref, outdir=outdir, objectives=[asdict(o) for o in objectives],
+    config = dict(network=network, data=data, ref=ref, outdir=outdir,
+                  objectives=[dict(loss=o.name, k=o.k) for o in objectives],
                   seeds=list(seeds), kimg=kimg, snap_kimg=snap_kimg, start_kimg=start_kimg, metrics=names,
                   metrics_num=metrics_num, metric_seed=metric_seed, device=str(run_device),
-                  batch=plans[0][3].batch_size, ema_kimg=plans[0][3].ema_kimg, train_options=train_options,
-                  num_data=len(data_set), num_ref=len(ref_set), mirror=bool(plans[0][3].training_set_kwargs["xflip"]))
+                  batch=first.batch_size, ema_kimg=first.ema_kimg, train_options=train_options,
+                  num_data=len(data_set), num_ref=len(ref_set), mirror=bool(first.training_set_kwargs["xflip"]))
     timings: dict[str, float] = {}
     num_runs = len(plans)
     log(f"Comparing {num_runs} run(s): {', '.join(o.label for o in objectives)} x seeds "
@@ -287,15 +267,16 @@ def compare_objectives(*, network: str, data: str, ref: str, objectives: Sequenc
     write_outputs(_summary(config, floor, start_point, [], timings), outdir)
 
     results: list[RunResult] = []
-    for i, (obj, seed, desc, options) in enumerate(plans):
+    for i, plan in enumerate(plans):
+        obj, seed = plan.objective, plan.seed
         log(f"\n[run {i + 1}/{num_runs}] {obj.label}, seed {seed}: fine-tuning for {kimg:g} kimg...")
         t0 = time.time()
-        run_dir = launch_training(desc, options, os.path.join(outdir, "runs"), show_progress=show_progress)
+        run_dir = launch_training(plan.desc, plan.options, os.path.join(outdir, "runs"), show_progress=show_progress)
         train_sec = time.time() - t0
         log(f"[run {i + 1}/{num_runs}] trained in {_format_seconds(train_sec)}: {run_dir}")
         t0 = time.time()
         append_records(start_records, run_dir)
-        result = RunResult(objective=obj.label, loss=obj.loss, k=obj.k, seed=seed, run_dir=run_dir,
+        result = RunResult(objective=obj.label, loss=obj.name, k=obj.k, seed=seed, run_dir=run_dir,
                            points=[dict(start_point)], train_sec=train_sec)
         result.points += _evaluate_run(run_dir, names, ref, metrics_num, run_device, metric_seed, start_nimg, trust,
                                        weights, show_progress, log, f"[run {i + 1}/{num_runs}]")
@@ -383,7 +364,7 @@ def summary_markdown(summary: dict) -> str:
 
     def row(run: dict | None, point: dict) -> list[str]:
         ident = [START_LABEL, "-", "-"] if run is None else \
-            [run["loss"], "-" if run["k"] is None else format_k(run["k"]), str(run["seed"])]
+            [run["loss"], "-" if run["k"] is None else f"{run['k']:g}", str(run["seed"])]
         return ident + [f"{point['kimg']:g}"] + [_metric_cell(n, point.get(n)) for n in names] + \
             [_format_seconds(point.get("wall_sec")) if run is not None else "-"]
 
@@ -418,7 +399,8 @@ def summary_markdown(summary: dict) -> str:
     lines += ["", f"Time: noise floor {_format_seconds(t.get('noise_floor_sec'))}, start network "
                   f"{_format_seconds(t.get('start_eval_sec'))}, training {_format_seconds(t['train_sec'])}, "
                   f"snapshot evaluation and grids {_format_seconds(t['eval_sec'])}.",
-              "Run directories: " + ", ".join(f"`{os.path.relpath(r['run_dir'], cfg['outdir'])}`" for r in runs) + ".", ""]
+              "Run directories: " + ", ".join(f"`{os.path.relpath(r['run_dir'], cfg['outdir'])}`" for r in runs)
+              + ".", ""]
     return "\n".join(lines)
 
 

@@ -20,6 +20,8 @@ import torch
 
 from dnnlib.util import EasyDict
 
+from .errors import UserError
+
 IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg', '.bmp', '.webp', '.tif', '.tiff')
 LABELS_FILE = 'dataset.json'
 
@@ -31,7 +33,7 @@ _MODE_CHANNELS = {
 _FIX_HINT = 'convert the images with scripts/dataset_tool.py'
 
 
-class DatasetError(ValueError):
+class DatasetError(UserError):
     """The dataset on disk cannot be used as it is; the message names the path or file and what is wrong."""
 
 

