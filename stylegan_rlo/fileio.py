@@ -1,9 +1,11 @@
 """Atomic file writing: every output goes to a temp file in the same folder, then is renamed into place,
-so a crash or kill at any moment leaves either the old file or the complete new one, never half of one."""
+so a crash or kill at any moment leaves either the old file or the complete new one, never half of one.
+Logs grow by locked appends instead (rewriting them would lose lines written concurrently)."""
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import tempfile
 from typing import IO, Iterator
@@ -44,11 +46,20 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
 
 
 def append_line(path: str | os.PathLike, line: str) -> None:
-    """Append one line to a text log (e.g. JSONL) by rewriting it atomically, so readers never see a torn line."""
-    path = os.fspath(path)
-    previous = ""
-    if os.path.exists(path):
-        with open(path, "r", encoding="utf-8") as f:
-            previous = f.read()
-    with atomic_write(path, "w") as f:
-        f.write(previous + line.rstrip("\n") + "\n")
+    """Append one line to a text log (e.g. JSONL) in a single O_APPEND write under an exclusive lock.
+
+    Concurrent writers (processes or threads) never lose or interleave lines. If the file ends in a torn line (a
+    writer killed mid-write), the new line starts on a line of its own.
+    """
+    data = (line.rstrip("\n") + "\n").encode("utf-8")
+    fd = os.open(os.fspath(path), os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o666)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        size = os.fstat(fd).st_size
+        if size and os.pread(fd, 1, size - 1) != b"\n":
+            data = b"\n" + data
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+    finally:
+        os.close(fd)  # also releases the lock
