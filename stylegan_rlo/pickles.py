@@ -26,7 +26,7 @@ from typing import IO, Any, Callable, Iterable
 import numpy as np
 import torch
 
-from dnnlib.util import EasyDict, is_url, open_url
+from dnnlib.util import DownloadError, EasyDict, is_url, open_url
 from torch_utils import persistence
 
 from .errors import UserError
@@ -44,6 +44,10 @@ class PickleError(Exception):
 
 class MissingPickleError(PickleError, FileNotFoundError):
     """The given pickle path does not exist."""
+
+
+class PickleDownloadError(MissingPickleError, DownloadError):
+    """The given pickle URL could not be downloaded."""
 
 
 class UnsafePickleError(PickleError):
@@ -92,8 +96,15 @@ def load_network_pkl(source: str | os.PathLike | IO[bytes], trust_pickle: bool =
         return _load_from_file(source, getattr(source, "name", "<file object>"), trust_pickle)
     name = os.fspath(source)
     if is_url(name):
-        with open_url(name) as f:
-            return _load_from_file(f, name, trust_pickle)
+        try:
+            path = open_url(name, return_filename=True)  # downloaded once into the cache, then reused
+        except DownloadError as e:
+            raise PickleDownloadError(str(e)) from None
+        with open(path, "rb") as f:
+            try:
+                return _load_from_file(f, f"{path} (downloaded from {name})", trust_pickle)
+            except CorruptPickleError as e:
+                raise CorruptPickleError(f"{e}. Delete the cached copy {path} to download it again.") from None
     if not os.path.isfile(name):
         raise MissingPickleError(f"network pickle not found: {name}")
     with open(name, "rb") as f:
@@ -472,7 +483,8 @@ def _cpu_copy_if_needed(value: Any) -> Any:
 
 
 __all__ = [
-    "SNAPSHOT_KEYS", "SAFE_CLASS_MODULES", "PickleError", "MissingPickleError", "UnsafePickleError",
-    "TensorFlowPickleError", "CorruptPickleError", "TrustedCodeError", "UnknownClassError", "IncompatibleNetworkError",
-    "ShapeMismatchError", "PickleLimitError", "load_network_pkl", "save_network_pkl", "find_persistent_class", "rebuild_persistent_obj",
+    "SNAPSHOT_KEYS", "SAFE_CLASS_MODULES", "PickleError", "MissingPickleError", "PickleDownloadError",
+    "UnsafePickleError", "TensorFlowPickleError", "CorruptPickleError", "TrustedCodeError", "UnknownClassError",
+    "IncompatibleNetworkError", "ShapeMismatchError", "PickleLimitError", "load_network_pkl", "save_network_pkl",
+    "find_persistent_class", "rebuild_persistent_obj",
 ]
