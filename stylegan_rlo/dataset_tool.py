@@ -28,7 +28,7 @@ import numpy as np
 import PIL.Image
 from tqdm import tqdm
 
-from .dataset import LABELS_FILE, is_image_name
+from .dataset import LABELS_FILE, DatasetError, check_labels_file_size, is_image_name, labels_array
 from .fileio import atomic_write
 
 TRANSFORMS = ('center-crop', 'center-crop-wide', 'box-crop', 'pad')
@@ -105,6 +105,10 @@ class _FileSource(ImageSource):
     def _open_file(self, name: str) -> Any:
         raise NotImplementedError
 
+    def _file_size(self, name: str) -> int | None:
+        """Size in bytes of a file of the source; None when there is no such file."""
+        raise NotImplementedError
+
     def read(self, item: SourceItem) -> PIL.Image.Image:
         with self._open_file(item.key) as f, PIL.Image.open(f) as img:
             img.load()
@@ -125,11 +129,12 @@ class _FileSource(ImageSource):
     def _setup(self, names: list[str], labels: bool, policy: ErrorPolicy, where: str) -> None:
         """Probe headers and attach labels (the source's dataset.json, else top-level sub-folder names)."""
         names, _ = self._probe(sorted(names), policy)
-        stored = self._stored_labels(where)
-        if not labels:
-            self.dropped_labels = stored is not None
+        if not labels:  # the labels file is not even read
+            self.dropped_labels = self._file_size(LABELS_FILE) is not None
             self.items = [SourceItem(n, n) for n in names]
-        elif stored is not None:
+            return
+        stored = self._stored_labels(where)
+        if stored is not None:
             missing = [n for n in names if n not in stored]
             if missing:
                 raise DatasetToolError(f"{LABELS_FILE} in {where} has no label for {len(missing)} image(s), e.g. "
@@ -139,11 +144,15 @@ class _FileSource(ImageSource):
             self.items, self.class_names = _labels_from_folders(names, where)
 
     def _stored_labels(self, where: str) -> dict[str, Any] | None:
+        size = self._file_size(LABELS_FILE)
+        if size is None:
+            return None
         try:
+            check_labels_file_size(size, f'{LABELS_FILE} in {where}')
             with self._open_file(LABELS_FILE) as f:
                 meta = json.load(f)
-        except (FileNotFoundError, KeyError):
-            return None
+        except DatasetError as e:
+            raise DatasetToolError(str(e)) from e
         except ValueError as e:
             raise DatasetToolError(f'{LABELS_FILE} in {where} is not valid JSON: {e}') from e
         entries = meta.get('labels') if isinstance(meta, dict) else None
@@ -183,6 +192,10 @@ class FolderSource(_FileSource):
     def _open_file(self, name: str) -> Any:
         return open(os.path.join(self.root, *name.split('/')), 'rb')
 
+    def _file_size(self, name: str) -> int | None:
+        path = os.path.join(self.root, *name.split('/'))
+        return os.path.getsize(path) if os.path.isfile(path) else None
+
 
 _UNSAFE_MEMBER = re.compile(r'^([/\\]|[A-Za-z]:)|(^|[/\\])\.\.([/\\]|$)')
 
@@ -206,6 +219,12 @@ class ZipSource(_FileSource):
 
     def _open_file(self, name: str) -> Any:
         return self.zf.open(name)
+
+    def _file_size(self, name: str) -> int | None:
+        try:
+            return self.zf.getinfo(name).file_size
+        except KeyError:
+            return None
 
     def close(self) -> None:
         self.zf.close()
@@ -565,7 +584,10 @@ def convert_dataset(source: str, dest: str, *, resolution: int | None = None, tr
         src = open_source(source, labels=labels, box_crop=transform == 'box-crop', policy=policy)
         try:
             if src.dropped_labels:
-                log(f'note: {source} has labels; they are not written without --labels')
+                log(f'note: {source} has labels ({LABELS_FILE} or a label array); they are not written without '
+                    f'--labels')
+            if labels:
+                _check_labels(src.items, source)
             writer.class_names = src.class_names
             total = len(src.items) if max_images is None else min(len(src.items), max_images)
             shape = _write_items(src, writer, total, resolution, transform, resize_filter, policy, progress)
@@ -577,6 +599,14 @@ def convert_dataset(source: str, dest: str, *, resolution: int | None = None, tr
         log(f'skipped {len(policy.skipped)} input(s) with errors')
     return ConvertSummary(dest=dest, num_images=len(writer.labels), resolution=shape[0],
                           channels=1 if len(shape) == 2 else 3, labelled=labels, skipped=list(policy.skipped))
+
+
+def _check_labels(items: list[SourceItem], source: str) -> None:
+    """The labels about to be written must be ones training accepts (dataset.labels_array), checked up front."""
+    try:
+        labels_array([item.label for item in items], [item.name for item in items], f'labels of {source}')
+    except DatasetError as e:
+        raise DatasetToolError(f'{e}; fix them in the source') from e
 
 
 def _same_file(a: str, b: str) -> bool:
