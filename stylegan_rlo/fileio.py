@@ -8,6 +8,7 @@ import contextlib
 import fcntl
 import os
 import tempfile
+import time
 from typing import IO, Iterator
 
 
@@ -43,6 +44,20 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
         with contextlib.suppress(FileNotFoundError):
             os.remove(tmp_path)
         raise
+
+
+def remove_stale_temp_files(folder: str | os.PathLike, min_age_s: float) -> list[str]:
+    """Delete the temp files atomic_write leaves when killed (`.<name>.<random>.tmp`) that are older than
+    `min_age_s` (younger ones may belong to a write in progress); returns their names."""
+    removed = []
+    now = time.time()
+    for entry in os.scandir(folder):
+        if entry.name.startswith(".") and entry.name.endswith(".tmp") and entry.is_file(follow_symlinks=False):
+            with contextlib.suppress(FileNotFoundError):
+                if now - entry.stat(follow_symlinks=False).st_mtime > min_age_s:
+                    os.remove(entry.path)
+                    removed.append(entry.name)
+    return removed
 
 
 def append_line(path: str | os.PathLike, line: str) -> None:

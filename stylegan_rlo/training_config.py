@@ -25,6 +25,7 @@ DEFAULT_TARGET = 0.6
 DEFAULT_TICK_KIMG = 4.0
 DEFAULT_SNAP_TICKS = 50
 DEFAULT_WORKERS = 3
+MIN_RESOLUTION = 4  # the networks' first block is 4x4
 OFFICIAL_DATASET_CLASS = "training.dataset.ImageFolderDataset"  # class_name recorded in snapshots, as upstream
 
 # Official presets. fmaps scales channel_base (= fmaps * 32768); 'auto' is filled in from resolution and GPU count.
@@ -296,6 +297,10 @@ def setup_training_options(*, data: str, resume: str | None = None, loss: str = 
         if max_size > num_images:
             raise TrainingOptionsError(f"--subset must be between 1 and {num_images} (the dataset size), got {subset}")
     resolution, channels = dataset.resolution, dataset.num_channels
+    if resolution < MIN_RESOLUTION:
+        raise TrainingOptionsError(f"--data {data}: images are {resolution}x{resolution}, but training needs at least "
+                                   f"{MIN_RESOLUTION}x{MIN_RESOLUTION}; rebuild the dataset with "
+                                   f"scripts/dataset_tool.py --resolution {MIN_RESOLUTION} (or larger)")
     c_dim = dataset.label_dim if cond else 0
     args.training_set_kwargs = dict(class_name=OFFICIAL_DATASET_CLASS, path=data, use_labels=bool(cond),
                                     max_size=max_size, xflip=bool(mirror), resolution=resolution,
@@ -391,5 +396,8 @@ def setup_training_options(*, data: str, resume: str | None = None, loss: str = 
 
     run_desc = f"{dataset.name}-{cfg}-{loss}" + (format_k(k) if loss == "rooted" else "")
     if desc:
+        if any(sep in desc for sep in ("/", "\\", "\0")):
+            raise TrainingOptionsError(f"--desc {desc!r} must not contain '/', '\\' or NUL: it becomes part of one "
+                                       f"folder name")
         run_desc += f"-{desc}"
     return run_desc, EasyDict(_plain(args))

@@ -14,6 +14,7 @@ import click
 from stylegan_rlo.cli.options import bool_option
 
 from stylegan_rlo.dataset import DatasetError
+from stylegan_rlo.errors import UserError
 from stylegan_rlo.launch import launch_training, torchrun_env
 from stylegan_rlo.run_dir import next_run_id
 from stylegan_rlo.training_config import CFG_NAMES, DEFAULT_K, TrainingOptionsError, setup_training_options
@@ -107,5 +108,7 @@ def main(outdir: str, dry_run: bool, **opts) -> None:
         run_dir = launch_training(run_desc, options, outdir)
     except DatasetError as e:  # a bad image that only shows when decoded (e.g. truncated data)
         raise click.ClickException(f"--data: {e}") from e
+    except UserError as e:  # e.g. an --outdir that cannot be written
+        raise click.ClickException(str(e)) from e
     if is_main:
         click.echo(f"Run directory: {run_dir}")
