@@ -10,9 +10,9 @@ import os
 import re
 import urllib.parse
 import urllib.request
-from typing import IO, Any
+from typing import Any
 
-from stylegan_rlo.download import DownloadError, fetch
+from stylegan_rlo.download import DownloadError, fetch  # noqa: F401 (DownloadError: part of this API)
 from stylegan_rlo.fileio import atomic_write
 
 _URL_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")

@@ -299,7 +299,7 @@ def make_record(name: str, value: float, *, num_gen: int, total_time: float, sna
 
 
 def append_records(records: Sequence[dict], run_dir: str) -> None:
-    """Append each record as one JSON line to run_dir/metric-<name>.jsonl (atomically)."""
+    """Append each record as one JSON line to run_dir/metric-<name>.jsonl (locked: concurrent writers lose nothing)."""
     for rec in records:
         append_line(os.path.join(run_dir, f"metric-{rec['metric']}.jsonl"), json.dumps(rec))
 

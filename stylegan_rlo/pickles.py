@@ -26,9 +26,10 @@ from typing import IO, Any, Callable, Iterable
 import numpy as np
 import torch
 
-from dnnlib.util import DownloadError, EasyDict, is_url, open_url
+from dnnlib.util import EasyDict, is_url, open_url
 from torch_utils import persistence
 
+from .download import DownloadError
 from .errors import UserError
 from .fileio import atomic_write
 from .pickle_limits import AllocationGuard, LimitExceeded, check_structure, short_repr
@@ -333,9 +334,10 @@ def _build(class_name: str, state: dict, where: str, memo: dict[int, tuple[Any, 
         raise CorruptPickleError(f"{where}: malformed init args for {class_name}")
     stored_bytes, stored_tensors = _stored_size(state)
     try:
-        with torch.random.fork_rng(devices=[]):  # loading must not disturb the caller's random stream
-            with AllocationGuard(stored_bytes, stored_tensors, f"{where} ({class_name})"):
-                obj = cls(*args, **dict(kwargs))
+        # Loading must not disturb the caller's random stream, nor allocate much beyond what the file stores.
+        guard = AllocationGuard(stored_bytes, stored_tensors, f"{where} ({class_name})")
+        with torch.random.fork_rng(devices=[]), guard:
+            obj = cls(*args, **dict(kwargs))
     except LimitExceeded:
         raise
     except Exception as e:

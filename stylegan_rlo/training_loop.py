@@ -48,7 +48,7 @@ class RunLog:
         self._pending.append(message)
 
     def flush(self) -> None:
-        """Append everything printed since the last flush to log.txt (atomically)."""
+        """Append everything printed since the last flush to log.txt in one locked append."""
         if self.enabled and self.path is not None and self._pending:
             append_line(self.path, "\n".join(self._pending))
         self._pending = []
