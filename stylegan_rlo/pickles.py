@@ -197,8 +197,8 @@ def _latin1_encode(text: Any, encoding: str = "utf-8") -> bytes:
 
 
 def _reconstructor(cls: Any, base: Any, state: Any) -> Any:
-    """copyreg._reconstructor (how protocol 0-1 pickles rebuild e.g. an EasyDict), for allow-listed classes only."""
-    if not (cls in _SAFE_CLASSES and base in (dict, object) and isinstance(cls, type) and issubclass(cls, base)):
+    """copyreg._reconstructor (how protocol 0-1 pickles rebuild an EasyDict), for the allow-listed dicts only."""
+    if base is not dict or cls not in (dict, EasyDict, collections.OrderedDict):
         raise UnsafePickleError(f"refusing copyreg._reconstructor({short_repr(cls)}, {short_repr(base)}): only "
                                 f"allow-listed classes may be rebuilt")
     return copyreg._reconstructor(cls, base, state)
@@ -237,7 +237,6 @@ _SAFE_GLOBALS: dict[tuple[str, str], Any] = {
     ("numpy._core.multiarray", "scalar"): _numpy_scalar(),
     ("numpy", "dtype"): np.dtype,
 }
-_SAFE_CLASSES = (EasyDict, collections.OrderedDict, set, frozenset, dict)
 
 
 class _TrustedUnpickler(pickle.Unpickler):
