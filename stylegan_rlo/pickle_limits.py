@@ -9,6 +9,7 @@ import math
 import reprlib
 from typing import Any, Callable, Iterable
 
+import numpy as np
 import torch
 from torch.overrides import TorchFunctionMode
 
@@ -16,6 +17,9 @@ from .errors import UserError
 
 MAX_NESTING = 100            # containers inside containers; network pickles need about 10
 MAX_EXPANDED_ITEMS = 10**6   # items counted once per path (what a naive walk or repr would visit); pickles need ~10^4
+# Largest integer constructor argument: sizes and counts of genuine networks are far below (channel_base 65536), and
+# a constructor may build Python lists this long before it creates any tensor the AllocationGuard could stop.
+MAX_INIT_INT = 2**20
 # A constructor may allocate this much more than the file stores (temporaries, derived constants) before it is stopped.
 ALLOC_FACTOR = 4
 ALLOC_SLACK_BYTES = 64 * 2**20
@@ -64,6 +68,18 @@ def check_structure(root: Any, child_of: Callable[[Any], Iterable[Any] | None] =
             raise LimitExceeded(f"nesting deeper than {MAX_NESTING} levels")
         if expanded[id(value)] > MAX_EXPANDED_ITEMS:
             raise LimitExceeded(f"shared references expand to more than {MAX_EXPANDED_ITEMS} items")
+
+
+def check_init_ints(value: Any, what: str) -> None:
+    """Raise LimitExceeded if any integer inside constructor arguments `value` exceeds MAX_INIT_INT in magnitude."""
+    pending = [value]
+    while pending:
+        item = pending.pop()
+        if isinstance(item, (int, np.integer)) and not isinstance(item, bool) and abs(int(item)) > MAX_INIT_INT:
+            raise LimitExceeded(f"the constructor arguments of {what} contain the integer {int(item)}, beyond the "
+                                f"{MAX_INIT_INT} any genuine network size or count needs")
+        if isinstance(item, (dict, list, tuple, set, frozenset)):
+            pending.extend(children(item, lambda _v: None))
 
 
 def short_repr(value: Any) -> str:

@@ -32,7 +32,7 @@ from torch_utils import persistence
 from .download import DownloadError
 from .errors import UserError
 from .fileio import atomic_write
-from .pickle_limits import AllocationGuard, LimitExceeded, check_structure, short_repr
+from .pickle_limits import AllocationGuard, LimitExceeded, check_init_ints, check_structure, short_repr
 
 SNAPSHOT_KEYS = ("G", "D", "G_ema", "augment_pipe", "training_set_kwargs")
 SAFE_CLASS_MODULES = ("stylegan_rlo.networks", "stylegan_rlo.augment")
@@ -331,6 +331,7 @@ def _build(class_name: str, state: dict, where: str, memo: dict[int, tuple[Any, 
     kwargs = _materialize(state.get("_init_kwargs", {}), where, memo)
     if not isinstance(args, (tuple, list)) or not isinstance(kwargs, dict):
         raise CorruptPickleError(f"{where}: malformed init args for {class_name}")
+    check_init_ints((args, kwargs), f"{where} ({class_name})")
     stored_bytes, stored_tensors = _stored_size(state)
     try:
         # Loading must not disturb the caller's random stream, nor allocate much beyond what the file stores.

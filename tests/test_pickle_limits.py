@@ -38,12 +38,22 @@ def test_inflated_channels_stop_before_allocating(tmp_path):
 
 
 def test_huge_mapping_depth_fails_fast(tmp_path):
-    # Before the guard: minutes and several GB building 10^7 layers.
-    path = _edited_kwargs(tmp_path, "G", lambda kw: kw["mapping_kwargs"].update(num_layers=10**7))
+    # Before the guard: minutes and GBs building this many layers (the largest integer argument accepted).
+    path = _edited_kwargs(tmp_path, "G", lambda kw: kw["mapping_kwargs"].update(num_layers=pickle_limits.MAX_INIT_INT))
     start = time.monotonic()
     with pytest.raises(pickles.PickleLimitError, match="imply more than"):
         pickles.load_network_pkl(path)
     assert time.monotonic() - start < 30  # generous: a few hundred small layers at most are built
+
+
+@pytest.mark.parametrize("num_layers", [10**7, 10**10, -10**10])
+def test_huge_integer_arguments_are_refused_before_construction(tmp_path, num_layers):
+    # Before: minutes for 10^7 layers; a Python list of num_layers widths before any tensor (80 GB for 10^10).
+    path = _edited_kwargs(tmp_path, "G", lambda kw: kw["mapping_kwargs"].update(num_layers=num_layers))
+    start = time.monotonic()
+    with pytest.raises(pickles.PickleLimitError, match=f"integer {num_layers}, beyond the {2**20}"):
+        pickles.load_network_pkl(path)
+    assert time.monotonic() - start < 10
 
 
 def test_allocation_guard_counts_before_allocating():
