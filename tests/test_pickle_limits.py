@@ -87,6 +87,12 @@ def test_shared_references_are_walked_once_and_bounded(tmp_path, levels):
     with pytest.raises(pickles.PickleLimitError, match="expand to more than"):
         pickles.load_network_pkl(path)
     assert time.monotonic() - start < 10
+    # The same addition inside a network's constructor arguments.
+    path = _edited_kwargs(tmp_path, "G", lambda kw: kw["synthesis_kwargs"].update(junk=_shared(levels)))
+    start = time.monotonic()
+    with pytest.raises(pickles.PickleLimitError, match="expand to more than"):
+        pickles.load_network_pkl(path)
+    assert time.monotonic() - start < 10
 
 
 def test_moderate_sharing_loads_and_stays_shared(tmp_path):
