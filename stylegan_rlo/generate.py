@@ -21,6 +21,7 @@ from .errors import UserError
 from .images import save_image_grid, save_png
 
 NOISE_MODES = ("const", "random", "none")
+MAX_LIST_ITEMS = 1_000_000  # values in one --seeds (or similar) list; each one is an image to make
 
 
 class GenerateError(UserError):
@@ -28,7 +29,7 @@ class GenerateError(UserError):
 
 
 def parse_int_list(text: str, what: str = "list") -> list[int]:
-    """'0-3,7,10-11' -> [0, 1, 2, 3, 7, 10, 11] (inclusive ranges, order kept)."""
+    """'0-3,7,10-11' -> [0, 1, 2, 3, 7, 10, 11] (inclusive ranges, order kept); at most MAX_LIST_ITEMS values."""
     out: list[int] = []
     for part in str(text).split(","):
         m = re.fullmatch(r"\s*(\d+)\s*(?:-\s*(\d+)\s*)?", part)
@@ -37,6 +38,9 @@ def parse_int_list(text: str, what: str = "list") -> list[int]:
         lo, hi = int(m.group(1)), int(m.group(2) or m.group(1))
         if hi < lo:
             raise GenerateError(f"bad {what} {text!r}: range {lo}-{hi} runs backwards")
+        if len(out) + hi - lo + 1 > MAX_LIST_ITEMS:
+            raise GenerateError(f"bad {what} {text!r}: more than {MAX_LIST_ITEMS} values (one image each); "
+                                f"split the work into smaller ranges")
         out.extend(range(lo, hi + 1))
     return out
 

@@ -262,6 +262,19 @@ def load_checked_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     return state
 
 
+def feature_extractor(path: str | os.PathLike, layers: list[str]) -> FeatureExtractorInceptionV3:
+    """torch-fidelity's `inception-v3-compat` extractor with the weights at `path`, in eval mode.
+
+    The file is read only by load_checked_state_dict (tensors only, checked); torch-fidelity's constructor, which
+    unpickles whatever it is given, gets our own in-memory re-serialization of those tensors, never the file.
+    """
+    buffer = io.BytesIO()
+    torch.save(load_checked_state_dict(path), buffer)
+    buffer.seek(0)
+    return FeatureExtractorInceptionV3(EXTRACTOR_NAME, list(layers),
+                                       feature_extractor_weights_path=buffer).requires_grad_(False).eval()
+
+
 def prepare_weights(out: str | None = None, source: str | None = None, download: bool = True,
                     force: bool = False) -> tuple[str, bool]:
     """What `make setup` runs: make sure converted weights exist at `out` (default location).

@@ -25,6 +25,7 @@ AUG_MODES = ("ada", "noaug", "fixed")
 DEFAULT_AUGPIPE = "bgc"
 DEFAULT_TARGET = 0.6
 DEFAULT_CMAX = 512
+MIN_RESOLUTION = 4  # the networks' first block is 4x4
 OFFICIAL_DATASET_CLASS = "training.dataset.ImageFolderDataset"  # class_name recorded in snapshots, as upstream
 
 # Official presets. fmaps scales channel_base (= fmaps * 32768); 'auto' is filled in from resolution and GPU count.
@@ -384,6 +385,10 @@ def setup_training_options(**values: Any) -> tuple[str, EasyDict]:
             raise TrainingOptionsError(f"--subset must be between 1 and {num_images} (the dataset size), "
                                        f"got {o.subset}")
     resolution, channels = dataset.resolution, dataset.num_channels
+    if resolution < MIN_RESOLUTION:
+        raise TrainingOptionsError(f"--data {data}: images are {resolution}x{resolution}, but training needs at least "
+                                   f"{MIN_RESOLUTION}x{MIN_RESOLUTION}; rebuild the dataset with "
+                                   f"scripts/dataset_tool.py --resolution {MIN_RESOLUTION} (or larger)")
     c_dim = dataset.label_dim if cond else 0
     args.training_set_kwargs = dict(class_name=OFFICIAL_DATASET_CLASS, path=data, use_labels=cond,
                                     max_size=max_size, xflip=o.mirror, resolution=resolution,
@@ -475,5 +480,8 @@ def setup_training_options(**values: Any) -> tuple[str, EasyDict]:
 
     run_desc = f"{dataset.name}-{cfg}-{objective.slug}"
     if o.desc:
+        if any(sep in o.desc for sep in ("/", "\\", "\0")):
+            raise TrainingOptionsError(f"--desc {o.desc!r} must not contain '/', '\\' or NUL: it becomes part of one "
+                                       f"folder name")
         run_desc += f"-{o.desc}"
     return run_desc, EasyDict(_plain(args))

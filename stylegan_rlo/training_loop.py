@@ -22,6 +22,7 @@ from .dataset import DatasetError, ImageFolderDataset
 from .fileio import append_line
 from .images import save_image_grid
 from .loss import StyleGAN2Loss
+from .run_dir import output_error
 from .stats import StatsAccumulator, fan_out
 from .training_step import Batch, TrainingStep, build_augment_pipe, build_networks, build_phases
 
@@ -46,7 +47,7 @@ class RunLog:
         self._pending.append(message)
 
     def flush(self) -> None:
-        """Append everything printed since the last flush to log.txt (atomically)."""
+        """Append everything printed since the last flush to log.txt in one locked append."""
         if self.enabled and self.path is not None and self._pending:
             append_line(self.path, "\n".join(self._pending))
         self._pending = []
@@ -218,6 +219,7 @@ def training_loop(
     force_fp32 = device.type != "cuda"
     tick_stats = StatsAccumulator()
     stats_tfevents = None
+    finished = False
     try:
         log("Loading training set...")
         dataset_kwargs = {key: value for key, value in (training_set_kwargs or {}).items() if key != "class_name"}
@@ -416,12 +418,32 @@ def training_loop(
                 break
         bar.close()
         log("\nExiting...")
+        finished = True
         return dict(G=G, D=D, G_ema=G_ema, augment_pipe=augment_pipe, cur_nimg=cur_nimg, cur_tick=cur_tick - 1,
                     batch_idx=batch_idx)
+    except OSError as e:  # a full or read-only disk while writing outputs: a message, not a traceback
+        error = output_error(e, run_dir)
+        if error is None:
+            raise
+        raise error from e
     finally:
+        _close_outputs(log, stats_tfevents, run_dir, failing=not finished)
+
+
+def _close_outputs(log: RunLog, stats_tfevents, run_dir: str, failing: bool) -> None:
+    """Flush log.txt and close TensorBoard. When `failing` (an error is on its way out, say the disk is full), a
+    second failure here is dropped: it must not replace the first."""
+    try:
         log.flush()
         if stats_tfevents is not None:
             stats_tfevents.close()
+    except OSError as e:
+        if failing:
+            return
+        error = output_error(e, run_dir)
+        if error is None:
+            raise
+        raise error from e
 
 
 def _save_snapshot(run_dir: str, rank: int, distributed: bool, training_set_kwargs: dict | None, G, D, G_ema,

@@ -14,7 +14,6 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from stylegan_rlo import training_loop
 from stylegan_rlo.cli.train import main
 from stylegan_rlo.pickles import load_network_pkl
 from training_fixtures import TINY_COND, TINY_UNCOND, free_port, make_zip, subprocess_env
@@ -40,12 +39,6 @@ def read_stats(run_dir):
 
 def tick_lines(output):
     return [line for line in output.splitlines() if line.startswith("tick ")]
-
-
-@pytest.fixture
-def small_grids(monkeypatch):
-    """4x3 image grids instead of upstream's 32x32 (1024 fakes per grid cost seconds on the CPU)."""
-    monkeypatch.setattr(training_loop, "default_grid_size", lambda image_shape: (4, 3))
 
 
 @pytest.mark.parametrize("fixture,loss", [("uncond", "logistic"), ("cond", "rooted")])

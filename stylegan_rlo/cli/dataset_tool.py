@@ -34,10 +34,12 @@ def _power_of_two(_ctx: click.Context, _param: click.Parameter, value: int | Non
 @click.option('--max-images', type=click.IntRange(min=1), metavar='N', help='Write at most N images.')
 @click.option('--resize-filter', type=click.Choice(tuple(RESIZE_FILTERS)), default='lanczos', show_default=True,
               help='PIL filter used when resizing.')
+@click.option('--overwrite', is_flag=True,
+              help='Replace an existing --dest (a .zip, or a folder holding a dataset).')
 @click.option('--on-error', type=click.Choice(ON_ERROR), default='stop', show_default=True,
               help='Unreadable images or bad annotations: stop with an error, or report and skip them.')
 def main(source: str, dest: str, resolution: int | None, transform: str | None, labels: bool,
-         max_images: int | None, resize_filter: str, on_error: str) -> None:
+         max_images: int | None, resize_filter: str, on_error: str, overwrite: bool) -> None:
     """Convert images into a StyleGAN2-ADA training dataset (PNG files + dataset.json).
 
     \b
@@ -47,7 +49,8 @@ def main(source: str, dest: str, resolution: int | None, transform: str | None, 
       python scripts/dataset_tool.py --source silhouettes.npy --dest sil32.zip --transform pad --resolution 32
     """
     summary = convert_dataset(source, dest, resolution=resolution, transform=transform, labels=labels,
-                              max_images=max_images, resize_filter=resize_filter, on_error=on_error)
+                              max_images=max_images, resize_filter=resize_filter, on_error=on_error,
+                              overwrite=overwrite)
     click.echo(json.dumps({'dest': summary.dest, 'num_images': summary.num_images,
                            'resolution': summary.resolution, 'channels': summary.channels,
                            'labels': summary.labelled, 'skipped': len(summary.skipped)}))
