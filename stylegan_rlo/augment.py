@@ -30,19 +30,20 @@ SYM6_LOWPASS = (0.015404109327027373, 0.0034907120842174702, -0.1179901111481905
 # Share of natural-image power in each filter band, lowest first (a 1/f spectrum).
 BAND_POWER = (10 / 13, 1 / 13, 1 / 13, 1 / 13)
 
-# The official `--augpipe` presets: groups of transforms and their unions.
+# The official `--augpipe` presets. Each group names the transforms it switches on (multiplier 1); a combined preset
+# such as 'bgc' is the union of the groups its letters stand for: always a prefix of the group order below.
 _GROUPS = {
-    "blit": dict(xflip=1, rotate90=1, xint=1),
-    "geom": dict(scale=1, rotate=1, aniso=1, xfrac=1),
-    "color": dict(brightness=1, contrast=1, lumaflip=1, hue=1, saturation=1),
-    "filter": dict(imgfilter=1),
-    "noise": dict(noise=1),
-    "cutout": dict(cutout=1),
+    "blit": ("xflip", "rotate90", "xint"),
+    "geom": ("scale", "rotate", "aniso", "xfrac"),
+    "color": ("brightness", "contrast", "lumaflip", "hue", "saturation"),
+    "filter": ("imgfilter",),
+    "noise": ("noise",),
+    "cutout": ("cutout",),
 }
-_COMBOS = {"bg": "blit geom", "bgc": "blit geom color", "bgcf": "blit geom color filter",
-           "bgcfn": "blit geom color filter noise", "bgcfnc": "blit geom color filter noise cutout"}
-AUGPIPE_SPECS = dict(_GROUPS, **{name: {k: v for group in groups.split() for k, v in _GROUPS[group].items()}
-                                 for name, groups in _COMBOS.items()})
+_COMBOS = ("bg", "bgc", "bgcf", "bgcfn", "bgcfnc")
+AUGPIPE_SPECS = {name: dict.fromkeys(names, 1) for name, names in _GROUPS.items()}
+AUGPIPE_SPECS.update({combo: dict.fromkeys([t for group in list(_GROUPS)[:len(combo)] for t in _GROUPS[group]], 1)
+                      for combo in _COMBOS})
 
 _GEOMETRIC = ("xflip", "rotate90", "xint", "scale", "rotate", "aniso", "xfrac")
 
