@@ -4,7 +4,8 @@
 # source-heldout.zip (900 real). Usage: bash experiments/demo-source-pilot/run.sh [KIMG] [NAME ...]
 # Runs go to runs/pilot/<name>; results to experiments/demo-source-pilot/results.jsonl (one line per evaluation).
 # SNAP: ticks (of 2 kimg) between snapshots, default 2 (gamma-auto and gamma1-noaug ran with SNAP=3).
-# STAGE=train or STAGE=eval does one half only (eval: every snapshot of runs/pilot/<name> not evaluated yet).
+# STAGE=train or STAGE=eval does one half only (eval: every snapshot of runs/pilot/<name> not evaluated yet;
+# EVAL_KIMG=6,12 evaluates only the snapshots of those kimg).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 KIMG="${1:-12}"; shift || true
@@ -30,6 +31,8 @@ for name in "${NAMES[@]}"; do
   [ "$STAGE" = train ] && continue
   for pkl in runs/pilot/$name/*/network-snapshot-*.pkl; do
     grep -qF "\"$pkl\"" $OUT/results.jsonl 2>/dev/null && continue
+    kimg=$(basename "$pkl" .pkl); kimg=$((10#${kimg#network-snapshot-}))
+    [ -z "${EVAL_KIMG:-}" ] || [[ ",$EVAL_KIMG," == *",$kimg,"* ]] || continue
     $PY scripts/calc_fid.py --network "$pkl" --data $DATA/source-heldout.zip --metrics fid,kid --num 900 \
         --device cpu | $PY -c "import json,sys; [print(json.dumps(dict(json.loads(l), config='$name', args='${CFG[$name]}', snapshot='$pkl'))) for l in sys.stdin]" \
         >> $OUT/results.jsonl
