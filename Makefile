@@ -1,4 +1,4 @@
-# stylegan-rlo: `make demo` and `make test` are all a newcomer needs; both set up .venv first.
+# stylegan-rlo: `make demo` and `make test` are all a newcomer needs; both set up .venv first (CI: lint + test).
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -8,7 +8,7 @@ INCEPTION := .cache/inception/inception-2015-12-05-fid-helper-torch-fidelity.pth
 BENCH := $(PY) scripts/bench.py --res 32 --cbase 2048 --cmax 128 --batch 8 --map 2 --iters 16 --warmup 2 \
 	--device cpu --threads 2
 
-.PHONY: setup test test-slow demo bench clean
+.PHONY: setup test test-slow lint demo bench clean
 
 setup: $(STAMP) $(INCEPTION)
 
@@ -25,6 +25,10 @@ $(INCEPTION): $(STAMP)
 # One BLAS thread per test process: the tests run many tiny ops, where threads cost more than they give.
 test: setup
 	OMP_NUM_THREADS=1 $(PY) -m pytest -q
+
+# Style and correctness rules (pyproject.toml [tool.ruff]); a second or two.
+lint: $(STAMP)
+	$(PY) -m ruff check .
 
 test-slow: setup
 	OMP_NUM_THREADS=1 $(PY) -m pytest -q -m slow

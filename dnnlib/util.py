@@ -10,16 +10,12 @@ import os
 import re
 import urllib.parse
 import urllib.request
-from typing import IO, Any
+from typing import Any
 
-import requests
-from tqdm import tqdm
-
-from stylegan_rlo.fileio import atomic_write
+from .atomic import atomic_write
+from .download import DownloadError, fetch  # noqa: F401 (DownloadError: part of this API)
 
 _URL_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
-_CHUNK_BYTES = 1 << 20
-_TIMEOUT_S = 60
 
 
 class EasyDict(dict):
@@ -39,10 +35,6 @@ class EasyDict(dict):
             del self[name]
         except KeyError:
             raise AttributeError(name) from None
-
-
-class DownloadError(IOError):
-    """A URL could not be fetched; the message says how to provide the file by hand."""
 
 
 def make_cache_dir_path(*paths: str) -> str:
@@ -85,11 +77,11 @@ def open_url(url: str, cache_dir: str | None = None, num_attempts: int = 10, ver
         if hits:
             return hits[0] if return_filename else open(hits[0], "rb")
         with atomic_write(target, "wb") as f:
-            _download(url, f, num_attempts, verbose, target)
+            fetch(url, f, num_attempts=num_attempts, verbose=verbose, target=target)
         return target if return_filename else open(target, "rb")
 
     buffer = io.BytesIO()
-    _download(url, buffer, num_attempts, verbose, target)
+    fetch(url, buffer, num_attempts=num_attempts, verbose=verbose, target=target)
     buffer.seek(0)
     return buffer
 
@@ -98,34 +90,3 @@ def _file_name_for(url: str) -> str:
     """A filesystem-safe name derived from the last path component of a URL."""
     name = os.path.basename(urllib.parse.urlparse(url).path) or "download"
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", name)[:128]
-
-
-def _download(url: str, out: IO[bytes], num_attempts: int, verbose: bool, target: str) -> None:
-    """Stream `url` into `out` with a progress bar, retrying transient failures; raise DownloadError if all fail."""
-    last_error = "unknown error"
-    for _attempt in range(num_attempts):
-        out.seek(0)
-        out.truncate()
-        try:
-            with requests.get(url, stream=True, timeout=_TIMEOUT_S) as response:
-                response.raise_for_status()
-                expected = int(response.headers.get("Content-Length", 0)) or None
-                received = 0
-                with tqdm(total=expected, unit="B", unit_scale=True, desc=_file_name_for(url),
-                          disable=not verbose, leave=False) as bar:
-                    for chunk in response.iter_content(_CHUNK_BYTES):
-                        out.write(chunk)
-                        received += len(chunk)
-                        bar.update(len(chunk))
-                if expected is not None and received != expected:
-                    raise IOError(f"connection closed after {received} of {expected} bytes")
-                return
-        except requests.HTTPError as e:
-            last_error = str(e)
-            if e.response is not None and 400 <= e.response.status_code < 500:
-                break  # a client error will not go away by retrying
-        except (requests.RequestException, IOError) as e:
-            last_error = str(e)
-    raise DownloadError(
-        f"Could not download {url} ({last_error}). Fetch the file yourself (browser, or `curl -L -o FILE URL`) "
-        f"and pass its local path instead of the URL, or save it as {target} so the cache finds it.")

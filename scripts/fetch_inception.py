@@ -1,3 +1,4 @@
 """Prepare the offline Inception weights for FID/KID (run by `make setup`)."""
 from stylegan_rlo.cli.fetch_inception import main
-main()
+if __name__ == "__main__":
+    main()

@@ -1,3 +1,4 @@
 """Generate images from a network pickle; see `python scripts/generate.py --help`."""
 from stylegan_rlo.cli.generate import main
-main()
+if __name__ == "__main__":
+    main()

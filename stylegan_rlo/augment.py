@@ -30,21 +30,22 @@ SYM6_LOWPASS = (0.015404109327027373, 0.0034907120842174702, -0.1179901111481905
 # Share of natural-image power in each filter band, lowest first (a 1/f spectrum).
 BAND_POWER = (10 / 13, 1 / 13, 1 / 13, 1 / 13)
 
-# The official `--augpipe` presets: groups of transforms and their unions.
+# The official `--augpipe` presets. Each group names the transforms it switches on (multiplier 1); a combined preset
+# such as 'bgc' is the union of the groups its letters stand for: always a prefix of the group order below.
 _GROUPS = {
-    'blit': dict(xflip=1, rotate90=1, xint=1),
-    'geom': dict(scale=1, rotate=1, aniso=1, xfrac=1),
-    'color': dict(brightness=1, contrast=1, lumaflip=1, hue=1, saturation=1),
-    'filter': dict(imgfilter=1),
-    'noise': dict(noise=1),
-    'cutout': dict(cutout=1),
+    "blit": ("xflip", "rotate90", "xint"),
+    "geom": ("scale", "rotate", "aniso", "xfrac"),
+    "color": ("brightness", "contrast", "lumaflip", "hue", "saturation"),
+    "filter": ("imgfilter",),
+    "noise": ("noise",),
+    "cutout": ("cutout",),
 }
-_COMBOS = {'bg': 'blit geom', 'bgc': 'blit geom color', 'bgcf': 'blit geom color filter',
-           'bgcfn': 'blit geom color filter noise', 'bgcfnc': 'blit geom color filter noise cutout'}
-AUGPIPE_SPECS = dict(_GROUPS, **{name: {k: v for group in groups.split() for k, v in _GROUPS[group].items()}
-                                 for name, groups in _COMBOS.items()})
+_COMBOS = ("bg", "bgc", "bgcf", "bgcfn", "bgcfnc")
+AUGPIPE_SPECS = {name: dict.fromkeys(names, 1) for name, names in _GROUPS.items()}
+AUGPIPE_SPECS.update({combo: dict.fromkeys([t for group in list(_GROUPS)[:len(combo)] for t in _GROUPS[group]], 1)
+                      for combo in _COMBOS})
 
-_GEOMETRIC = ('xflip', 'rotate90', 'xint', 'scale', 'rotate', 'aniso', 'xfrac')
+_GEOMETRIC = ("xflip", "rotate90", "xint", "scale", "rotate", "aniso", "xfrac")
 
 
 def octave_filter_bank(lowpass, num_bands: int = 4) -> np.ndarray:
@@ -149,7 +150,7 @@ class AugmentPipe(torch.nn.Module):
                  imgfilter=0, imgfilter_bands=(1, 1, 1, 1), imgfilter_std=1,
                  noise=0, cutout=0, noise_std=0.1, cutout_size=0.5):
         super().__init__()
-        self.register_buffer('p', torch.ones([]))
+        self.register_buffer("p", torch.ones([]))
 
         # Pixel blitting: x-flip, rotations by multiples of 90 degrees, integer translation (max share of the size).
         self.xflip = float(xflip)
@@ -192,8 +193,8 @@ class AugmentPipe(torch.nn.Module):
         self.cutout_size = float(cutout_size)
 
         # Orthogonal low-pass used to resample around the geometric transforms, and the band-filter bank.
-        self.register_buffer('Hz_geom', upfirdn2d.setup_filter(list(SYM6_LOWPASS)))
-        self.register_buffer('Hz_fbank', torch.as_tensor(octave_filter_bank(SYM2_LOWPASS), dtype=torch.float32))
+        self.register_buffer("Hz_geom", upfirdn2d.setup_filter(list(SYM6_LOWPASS)))
+        self.register_buffer("Hz_fbank", torch.as_tensor(octave_filter_bank(SYM2_LOWPASS), dtype=torch.float32))
 
     def forward(self, images: torch.Tensor, debug_percentile=None) -> torch.Tensor:
         """Augment an NCHW batch (1 or 3 channels for color transforms); differentiable w.r.t. the images."""
@@ -272,10 +273,10 @@ class AugmentPipe(torch.nn.Module):
         margin = margin + misc.constant([2 * extra - cx, 2 * extra - cy] * 2, device=device)
         margin = torch.minimum(margin.clamp(min=0), misc.constant([width - 1, height - 1] * 2, device=device))
         if not bool(torch.isfinite(margin).all()):
-            raise ValueError('AugmentPipe: degenerate geometric transform (infinite or NaN scale); '
-                             'debug_percentile must lie strictly between 0 and 1 for scaling transforms')
+            raise ValueError("AugmentPipe: degenerate geometric transform (infinite or NaN scale); "
+                             "debug_percentile must lie strictly between 0 and 1 for scaling transforms")
         pad_l, pad_t, pad_r, pad_b = margin.ceil().to(torch.int64).tolist()
-        images = F.pad(images, [pad_l, pad_r, pad_t, pad_b], mode='reflect')
+        images = F.pad(images, [pad_l, pad_r, pad_t, pad_b], mode="reflect")
         images = upfirdn2d.upsample2d(images, self.Hz_geom, up=2)
 
         # Sampling grid in normalized coordinates: output (2x the final size plus the filter margins) -> the padded,
@@ -346,8 +347,8 @@ class AugmentPipe(torch.nn.Module):
             row = color[:, :3, :].mean(dim=1, keepdim=True)  # [batch, 1, 4]
             flat = flat * row[:, :, :3].sum(dim=2, keepdim=True) + row[:, :, 3:]
         else:
-            raise ValueError(f'AugmentPipe color transforms need RGB (3 channels) or L (1 channel) images, '
-                             f'got {channels} channels')
+            raise ValueError(f"AugmentPipe color transforms need RGB (3 channels) or L (1 channel) images, "
+                             f"got {channels} channels")
         return flat.reshape(batch, channels, height, width)
 
     # ----------------------------------------------------------------------------------------------------------------
@@ -358,12 +359,12 @@ class AugmentPipe(torch.nn.Module):
         batch, channels, height, width = images.shape
         num_bands, taps = self.Hz_fbank.shape
         if len(self.imgfilter_bands) != num_bands:
-            raise ValueError(f'AugmentPipe: imgfilter_bands has {len(self.imgfilter_bands)} entries, '
-                             f'the filter bank has {num_bands} bands')
+            raise ValueError(f"AugmentPipe: imgfilter_bands has {len(self.imgfilter_bands)} entries, "
+                             f"the filter bank has {num_bands} bands")
         pad = taps // 2
         if min(height, width) <= pad:
-            raise ValueError(f'AugmentPipe image-space filtering needs images larger than {pad}x{pad} pixels, '
-                             f'got {height}x{width}')
+            raise ValueError(f"AugmentPipe image-space filtering needs images larger than {pad}x{pad} pixels, "
+                             f"got {height}x{width}")
         gains = []
         for band_strength in self.imgfilter_bands:
             t = draws.gate(torch.exp2(draws.normal() * self.imgfilter_std), self.imgfilter * band_strength * self.p, 1)
@@ -377,7 +378,7 @@ class AugmentPipe(torch.nn.Module):
 
         kernel = (gains @ self.Hz_fbank).to(images.dtype)  # [batch, taps], symmetric
         kernel = kernel.repeat_interleave(channels, dim=0).unsqueeze(1)  # [batch * channel, 1, taps]
-        x = F.pad(images.reshape(1, batch * channels, height, width), [pad] * 4, mode='reflect')
+        x = F.pad(images.reshape(1, batch * channels, height, width), [pad] * 4, mode="reflect")
         x = conv2d_gradfix.conv2d(input=x, weight=kernel.unsqueeze(2), groups=batch * channels)
         x = conv2d_gradfix.conv2d(input=x, weight=kernel.unsqueeze(3), groups=batch * channels)
         return x.reshape(batch, channels, height, width)

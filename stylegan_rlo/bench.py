@@ -1,4 +1,5 @@
-"""Training-speed benchmark: times `training_step` (the loop's own iteration) on synthetic data.
+"""Training-speed benchmark: times `TrainingStep` (the loop's own iteration, on networks, optimizers and augment pipe
+built by the training set-up's own functions) on synthetic data.
 
 Workload per iteration: Gmain; Greg every 4th (pl batch shrink 2); Dmain; Dreg every 16th; Adam steps; G_ema
 update. z_dim = w_dim = 512, no labels, ADA 'bgc' pipe with p fixed at 0.2, style mixing 0.9, r1_gamma 1,
@@ -7,18 +8,18 @@ fp16 only on CUDA. Warm-up iterations use indices 0.., then the timed iterations
 
 from __future__ import annotations
 
-import copy
 import time
 
 import torch
 
 from torch_utils.ops import conv2d_gradfix, grid_sample_gradfix
 
-from . import networks
-from .augment import AUGPIPE_SPECS, AugmentPipe
+from .augment import AUGPIPE_SPECS
 from .loss import StyleGAN2Loss
+from .objectives import Objective
 from .stats import StatsAccumulator
-from .training_step import build_phases, training_step
+from .training_config import cfg_spec, fresh_networks
+from .training_step import Batch, TrainingStep, build_augment_pipe, build_networks, build_phases
 
 
 def _sync(device: torch.device) -> None:
@@ -27,32 +28,30 @@ def _sync(device: torch.device) -> None:
 
 
 def run_bench(res: int = 32, cbase: int = 2048, cmax: int = 128, batch: int = 8, map_depth: int = 2,
-              iters: int = 16, warmup: int = 2, device: str = "cpu", threads: int | None = None,
-              loss: str = "logistic", k: float | None = None, seed: int = 0) -> dict:
+              iters: int = 16, warmup: int = 2, device: torch.device | str = "cpu", threads: int | None = None,
+              objective: Objective | str = "logistic", seed: int = 0) -> dict:
     """Build the benchmark networks, run warm-up + timed iterations; returns timings and the configuration."""
     if threads is not None:
         torch.set_num_threads(threads)
     dev = torch.device(device)
+    objective = Objective.parse(objective)
     torch.manual_seed(seed)
     if dev.type == "cuda":
         torch.backends.cudnn.benchmark = True
     conv2d_gradfix.enabled = True
     grid_sample_gradfix.enabled = True
 
-    common = dict(c_dim=0, img_resolution=res, img_channels=3)
-    G = networks.Generator(z_dim=512, w_dim=512, **common, mapping_kwargs=dict(num_layers=map_depth),
-                           synthesis_kwargs=dict(channel_base=cbase, channel_max=cmax, num_fp16_res=4,
-                                                 conv_clamp=256)).train().requires_grad_(False).to(dev)
-    D = networks.Discriminator(**common, channel_base=cbase, channel_max=cmax, num_fp16_res=4,
-                               conv_clamp=256).train().requires_grad_(False).to(dev)
-    G_ema = copy.deepcopy(G).eval()
-    augment_pipe = AugmentPipe(**AUGPIPE_SPECS["bgc"]).train().requires_grad_(False).to(dev)
-    augment_pipe.p.copy_(torch.as_tensor(0.2))
+    # The training set-up's own builders: fresh networks as --cfg auto makes them, with these sizes.
+    G_kwargs, D_kwargs = fresh_networks(cfg_spec("auto", res, 1), "auto", res, 3, 0, cbase, cmax, map_depth)
+    G, D, G_ema = build_networks(G_kwargs, D_kwargs, dev)
+    augment_pipe = build_augment_pipe(AUGPIPE_SPECS["bgc"], 0.2, dev)
     stats = StatsAccumulator()
-    loss_fn = StyleGAN2Loss(device=dev, G=G, D=D, augment_pipe=augment_pipe, objective=loss, k=k, r1_gamma=1,
+    loss_fn = StyleGAN2Loss(device=dev, G=G, D=D, augment_pipe=augment_pipe, objective=objective, r1_gamma=1,
                             style_mixing_prob=0.9, pl_weight=2, pl_batch_shrink=2, report=stats.report)
     opt_kwargs = dict(lr=0.0025, betas=[0.0, 0.99], eps=1e-8)
     phases = build_phases(G, D, opt_kwargs, opt_kwargs, G_reg_interval=4, D_reg_interval=16)
+    step = TrainingStep(phases, loss_fn, G, G_ema, batch_gpu=batch, num_gpus=1, ema_kimg=batch * 10 / 32,
+                        ema_rampup=None, report=stats.report)
     reals = torch.randint(0, 256, [batch, 3, res, res], dtype=torch.uint8, device=dev)
 
     def iteration(batch_idx: int) -> None:
@@ -60,8 +59,7 @@ def run_bench(res: int = 32, cbase: int = 2048, cmax: int = 128, batch: int = 8,
         real_c = torch.zeros([batch, 0], device=dev)
         gen_z = torch.randn([len(phases) * batch, G.z_dim], device=dev)
         gen_c = torch.zeros([len(phases) * batch, 0], device=dev)
-        training_step(phases, loss_fn, G, G_ema, batch_idx, batch_idx * batch, real_img, real_c, gen_z, gen_c,
-                      batch_gpu=batch, num_gpus=1, ema_kimg=batch * 10 / 32, ema_rampup=None, report=stats.report)
+        step(Batch(real_img, real_c, gen_z, gen_c), batch_idx, batch_idx * batch)
 
     for batch_idx in range(warmup):
         iteration(batch_idx)
@@ -74,6 +72,6 @@ def run_bench(res: int = 32, cbase: int = 2048, cmax: int = 128, batch: int = 8,
     _sync(dev)
     elapsed = time.perf_counter() - start
     images = iters * batch
-    return dict(sec_per_kimg=elapsed / images * 1000, img_per_sec=images / elapsed, loss=loss, k=k, res=res,
-                cbase=cbase, cmax=cmax, batch=batch, map=map_depth, iters=iters, warmup=warmup, device=str(dev),
-                threads=torch.get_num_threads(), total_sec=elapsed)
+    return dict(sec_per_kimg=elapsed / images * 1000, img_per_sec=images / elapsed, loss=objective.name,
+                k=objective.k, res=res, cbase=cbase, cmax=cmax, batch=batch, map=map_depth, iters=iters,
+                warmup=warmup, device=str(dev), threads=torch.get_num_threads(), total_sec=elapsed)

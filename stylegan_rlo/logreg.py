@@ -11,12 +11,9 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from .errors import UserError
 from .fileio import atomic_write
-from .objectives import get_objective, logistic
-
-
-class LogRegError(RuntimeError):
-    """A problem preparing the experiment (missing optional dependency, bad settings)."""
+from .objectives import Objective, logistic
 
 
 @dataclasses.dataclass
@@ -31,9 +28,7 @@ class BinaryData:
 @dataclasses.dataclass
 class RunResult:
     """One gradient-descent run: histories are per iteration (index t = iterate before the t-th update)."""
-    label: str
-    objective: str
-    k: float | None
+    objective: Objective
     w: torch.Tensor
     cross_entropy: list[float]   # mean logistic loss on the training set (the common yardstick)
     objective_value: list[float]  # the objective being minimized
@@ -55,10 +50,10 @@ def load_wine_binary(test_fraction: float = 0.3, seed: int = 0) -> BinaryData:
     try:
         from sklearn.datasets import load_wine
     except ImportError as e:
-        raise LogRegError("the Wine experiment needs scikit-learn for its bundled copy of the data: "
+        raise UserError("the Wine experiment needs scikit-learn for its bundled copy of the data: "
                           "pip install scikit-learn (or pip install -e '.[logreg]')") from e
     if not 0 <= test_fraction < 1:
-        raise LogRegError(f"test_fraction must be in [0, 1), got {test_fraction}")
+        raise UserError(f"test_fraction must be in [0, 1), got {test_fraction}")
     features, classes = load_wine(return_X_y=True)
     labels = np.where(classes == 0, 1.0, -1.0)
     rng = np.random.default_rng(seed)
@@ -81,9 +76,9 @@ def load_wine_binary(test_fraction: float = 0.3, seed: int = 0) -> BinaryData:
     return BinaryData(x_train, y_train, x_test, y_test)
 
 
-def mean_objective(x: torch.Tensor, y: torch.Tensor, w: torch.Tensor, objective: str, k: float | None) -> torch.Tensor:
+def mean_objective(x: torch.Tensor, y: torch.Tensor, w: torch.Tensor, objective: Objective) -> torch.Tensor:
     """Mean per-example objective of the margins y * (x . w)."""
-    return get_objective(objective, k)(y * (x @ w)).mean()
+    return objective.function(y * (x @ w)).mean()
 
 
 def accuracy(x: torch.Tensor, y: torch.Tensor, w: torch.Tensor) -> float:
@@ -91,19 +86,18 @@ def accuracy(x: torch.Tensor, y: torch.Tensor, w: torch.Tensor) -> float:
     return float((y * (x @ w) > 0).double().mean()) if len(y) else float("nan")
 
 
-def hessian_condition_number(x: torch.Tensor, y: torch.Tensor, w: torch.Tensor, objective: str,
-                             k: float | None) -> float:
+def hessian_condition_number(x: torch.Tensor, y: torch.Tensor, w: torch.Tensor, objective: Objective) -> float:
     """lambda_max / lambda_min of the Hessian of the mean objective at w (autograd, float64)."""
-    hessian = torch.autograd.functional.hessian(lambda v: mean_objective(x, y, v, objective, k), w.detach().double())
+    hessian = torch.autograd.functional.hessian(lambda v: mean_objective(x, y, v, objective), w.detach().double())
     eig = torch.linalg.eigvalsh(hessian)
     return float(eig[-1] / eig[0]) if eig[0] > 0 else float("inf")
 
 
-def gradient_descent(data: BinaryData, objective: str, k: float | None, iters: int, lr: float) -> RunResult:
+def gradient_descent(data: BinaryData, objective: Objective, iters: int, lr: float) -> RunResult:
     """Plain full-batch gradient descent from w = 0, recording the yardsticks at every iterate."""
     if iters < 0 or not lr > 0:
-        raise LogRegError(f"need iters >= 0 and lr > 0, got iters={iters}, lr={lr}")
-    loss_fn = get_objective(objective, k)
+        raise UserError(f"need iters >= 0 and lr > 0, got iters={iters}, lr={lr}")
+    loss_fn = objective.function
     x, y = data.x_train, data.y_train
     w = torch.zeros(x.shape[1], dtype=torch.float64, requires_grad=True)
     ce, obj_hist, acc_hist = [], [], []
@@ -119,17 +113,16 @@ def gradient_descent(data: BinaryData, objective: str, k: float | None, iters: i
         with torch.no_grad():
             w -= lr * grad
     w = w.detach()
-    label = "logistic" if objective == "logistic" else f"rooted k={k:g}"
-    return RunResult(label=label, objective=objective, k=k, w=w, cross_entropy=ce, objective_value=obj_hist,
+    return RunResult(objective=objective, w=w, cross_entropy=ce, objective_value=obj_hist,
                      train_accuracy=acc_hist, test_accuracy=accuracy(data.x_test, data.y_test, w),
-                     hessian_cond=hessian_condition_number(x, y, w, objective, k))
+                     hessian_cond=hessian_condition_number(x, y, w, objective))
 
 
 def run_experiment(data: BinaryData, ks: Sequence[float] = (2, 5, 8, 10), iters: int = 1000,
                    lr: float = 0.1) -> list[RunResult]:
     """The logistic baseline followed by one rooted run per k, all with the same step size and budget."""
-    runs = [gradient_descent(data, "logistic", None, iters, lr)]
-    runs += [gradient_descent(data, "rooted", float(k), iters, lr) for k in ks]
+    runs = [gradient_descent(data, Objective("logistic"), iters, lr)]
+    runs += [gradient_descent(data, Objective("rooted", k), iters, lr) for k in ks]
     return runs
 
 
@@ -142,7 +135,7 @@ def format_table(runs: Sequence[RunResult], loss_target: float, acc_target: floa
              "| final train CE | final train acc | test acc | Hessian cond. |",
              "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for r in runs:
-        lines.append(f"| {r.label} | {count(first_reach(r.cross_entropy, loss_target, below=True))} "
+        lines.append(f"| {r.objective.label} | {count(first_reach(r.cross_entropy, loss_target, below=True))} "
                      f"| {count(first_reach(r.train_accuracy, acc_target, below=False))} "
                      f"| {r.cross_entropy[-1]:.4g} | {r.train_accuracy[-1]:.3f} | {r.test_accuracy:.3f} "
                      f"| {r.hessian_cond:.4g} |")
@@ -157,8 +150,8 @@ def save_plot(runs: Sequence[RunResult], path: str | os.PathLike, lr: float) -> 
 
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(11, 4))
     for r in runs:
-        ax_loss.plot(r.cross_entropy, label=r.label)
-        ax_acc.plot(r.train_accuracy, label=r.label)
+        ax_loss.plot(r.cross_entropy, label=r.objective.label)
+        ax_acc.plot(r.train_accuracy, label=r.objective.label)
     ax_loss.set_yscale("log")
     ax_loss.set(xlabel="iteration", ylabel="training cross-entropy (logistic loss)",
                 title=f"Wine class 0 vs rest, gradient descent, lr={lr:g}")

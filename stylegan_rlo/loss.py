@@ -15,7 +15,7 @@ import torch
 from torch_utils import misc
 from torch_utils.ops import conv2d_gradfix
 
-from .objectives import get_objective
+from .objectives import Objective
 
 PHASES = ("Gmain", "Greg", "Gboth", "Dmain", "Dreg", "Dboth")
 
@@ -35,7 +35,7 @@ class StyleGAN2Loss:
     """
 
     def __init__(self, device: torch.device | str, G: torch.nn.Module, D: torch.nn.Module,
-                 augment_pipe: torch.nn.Module | None = None, objective: str = "rooted", k: float | None = 8.0,
+                 augment_pipe: torch.nn.Module | None = None, objective: Objective | str = "rooted",
                  r1_gamma: float = 10, style_mixing_prob: float = 0.9, pl_weight: float = 2,
                  pl_batch_shrink: int = 2, pl_decay: float = 0.01, G_mapping: torch.nn.Module | None = None,
                  G_synthesis: torch.nn.Module | None = None, report: Reporter | None = None):
@@ -45,8 +45,8 @@ class StyleGAN2Loss:
         self.G_synthesis = G_synthesis if G_synthesis is not None else G.synthesis
         self.D = D
         self.augment_pipe = augment_pipe
-        self.objective_name = objective
-        self.objective = get_objective(objective, k if objective == "rooted" else None)
+        self.objective = Objective.parse(objective)
+        self._adversarial = self.objective.function
         self.r1_gamma = float(r1_gamma)
         self.style_mixing_prob = float(style_mixing_prob)
         self.pl_weight = float(pl_weight)
@@ -116,7 +116,7 @@ class StyleGAN2Loss:
             gen_logits = self.run_D(gen_img, gen_c, sync=False)
             report("Loss/scores/fake", gen_logits)
             report("Loss/signs/fake", gen_logits.sign())
-            loss_Gmain = self.objective(gen_logits)
+            loss_Gmain = self._adversarial(gen_logits)
             report("Loss/G/loss", loss_Gmain)
             loss_Gmain.mean().mul(gain).backward()
 
@@ -131,7 +131,7 @@ class StyleGAN2Loss:
             gen_logits = self.run_D(gen_img, gen_c, sync=False)  # synced by the real pass below
             report("Loss/scores/fake", gen_logits)
             report("Loss/signs/fake", gen_logits.sign())
-            loss_Dgen = self.objective(-gen_logits)
+            loss_Dgen = self._adversarial(-gen_logits)
             loss_Dgen.mean().mul(gain).backward()
 
         if do_Dmain or do_Dr1:
@@ -141,7 +141,7 @@ class StyleGAN2Loss:
             report("Loss/signs/real", real_logits.sign())
             total = real_logits * 0  # keeps every D output in the graph, so DDP sees all parameters used
             if do_Dmain:
-                loss_Dreal = self.objective(real_logits)
+                loss_Dreal = self._adversarial(real_logits)
                 report("Loss/D/loss", loss_Dgen + loss_Dreal)
                 total = total + loss_Dreal
             if do_Dr1:

@@ -1,10 +1,12 @@
-"""FID and KID of a generator (or of one dataset against another), computed by torch-fidelity.
+"""FID and KID of a generator (or of one dataset against another), with torch-fidelity's feature extractor and
+formulas.
 
 Metric names and records follow the official StyleGAN2-ADA metrics: `fid50k_full` / `kid50k_full` compare 50k
 generated images (or `num_gen`) with the full dataset, and every result is one JSON object per line in
-`metric-<name>.jsonl`. Dataset features are cached under a key made of the image content, the sha256 of the
-Inception weights file and the mirror flag (torch-fidelity's own key ignores the weights), in
-$DNNLIB_CACHE_DIR/stylegan_rlo-metrics (default ~/.cache/dnnlib/...).
+`metric-<name>.jsonl`. Dataset features and FID statistics are cached under a key made of the image content, the
+sha256 of the Inception weights file and the mirror flag, in $DNNLIB_CACHE_DIR/stylegan_rlo-metrics (default
+~/.cache/dnnlib/...), by stylegan_rlo.metrics_cache: torch-fidelity's own cache, which unpickles whatever it finds,
+is never used.
 """
 
 from __future__ import annotations
@@ -18,31 +20,34 @@ import os
 import re
 import time
 import zipfile
-from typing import Any, NamedTuple, Sequence
+from typing import Any, Callable, NamedTuple, Sequence
 
 import numpy as np
 import torch
 import torch_fidelity
 from torch_fidelity.defaults import DEFAULTS as FIDELITY_DEFAULTS
+from torch_fidelity.metric_fid import fid_features_to_statistics, fid_statistics_to_metric
+from torch_fidelity.metric_kid import kid_features_to_metric
+from torch_fidelity.utils import get_featuresdict_from_dataset
 
 from dnnlib.util import make_cache_dir_path
 
 from .dataset import ImageFolderDataset, is_image_name
+from .errors import UserError
 from .fileio import append_line
 from .generate import generate_images
 from .images import to_uint8
-from .inception_weights import EXTRACTOR_NAME, resolve_weights_path, sha256_file
+from .inception_weights import EXTRACTOR_NAME, feature_extractor, resolve_weights_path, sha256_file
+from .metrics_cache import cached_tensors
 
 
 class _Spec(NamedTuple):
-    flag: str        # torch-fidelity switch (fid=True / kid=True)
-    result_key: str  # key of its result dict
     num_gen: int     # generated images by default
 
 
 METRIC_SPECS = {
-    "fid50k_full": _Spec("fid", torch_fidelity.KEY_METRIC_FID, 50000),
-    "kid50k_full": _Spec("kid", torch_fidelity.KEY_METRIC_KID_MEAN, 50000),
+    "fid50k_full": _Spec(50000),
+    "kid50k_full": _Spec(50000),
 }
 METRIC_NAMES = tuple(METRIC_SPECS)
 METRIC_ALIASES = {"fid": "fid50k_full", "kid": "kid50k_full"}
@@ -52,7 +57,7 @@ CACHE_FORMAT = 1            # bump when the cached content changes meaning
 FEATURE_LAYER = "2048"      # Inception pool3 features, the standard FID/KID embedding
 
 
-class MetricError(ValueError):
+class MetricError(UserError):
     """A metric request that cannot be carried out; the message says what to change."""
 
 
@@ -77,12 +82,12 @@ def validate_metric_names(names: Sequence[str]) -> list[str]:
     return out
 
 
-def _call_fidelity(**kwargs: Any) -> dict:
-    """torch_fidelity.calculate_metrics, refusing keyword names it does not know (it would silently ignore them)."""
+def _call_fidelity(func: Callable, *args: Any, **kwargs: Any) -> Any:
+    """A torch-fidelity function, refusing keyword names it does not know (it would silently ignore them)."""
     unknown = sorted(set(kwargs) - set(FIDELITY_DEFAULTS))
     if unknown:
         raise TypeError(f"torch-fidelity {torch_fidelity.__version__} has no option(s) {unknown}")
-    return torch_fidelity.calculate_metrics(**kwargs)
+    return func(*args, **kwargs)
 
 
 # ---- inputs as torch-fidelity wants them: Datasets of uint8 [3, H, W] tensors -------------------------------------
@@ -206,7 +211,7 @@ def cache_dir() -> str:
 
 
 def dataset_cache_name(dataset: ImageFolderDataset, weights_path: str, mirror: bool) -> str:
-    """torch-fidelity cache entry name for a dataset: readable prefix + hash of content, weights and mirror."""
+    """Cache entry name for a dataset: readable prefix + hash of content, weights and mirror."""
     key = json.dumps(dict(format=CACHE_FORMAT, extractor=EXTRACTOR_NAME, layer=FEATURE_LAYER,
                           weights=weights_fingerprint(weights_path), data=dataset_fingerprint(dataset.path),
                           mirror=bool(mirror)), sort_keys=True)
@@ -216,25 +221,75 @@ def dataset_cache_name(dataset: ImageFolderDataset, weights_path: str, mirror: b
 
 # ---- running the metrics -------------------------------------------------------------------------------------------
 
+class _Input:
+    """One side of a comparison: its images and, for a dataset, the cache entry name of its features and stats."""
+
+    def __init__(self, images: torch.utils.data.Dataset, cache_name: str | None, extractor: torch.nn.Module,
+                 cuda: bool, batch: int, verbose: bool) -> None:
+        self.images, self.cache_name, self.extractor = images, cache_name, extractor
+        self.cuda, self.batch, self.verbose = cuda, batch, verbose
+        self.dim = int(FEATURE_LAYER)
+
+    def _cached(self, kind: str, max_bytes: int, check: Callable, compute: Callable) -> dict[str, torch.Tensor]:
+        if self.cache_name is None:
+            return compute()
+        path = os.path.join(cache_dir(), f"{self.cache_name}-{kind}-{FEATURE_LAYER}.pt")
+        return cached_tensors(path, max_bytes, check, compute)
+
+    @functools.cached_property
+    def features(self) -> torch.Tensor:
+        """Inception features, float32 [N, dim]."""
+        n = len(self.images)
+
+        def compute() -> dict[str, torch.Tensor]:
+            found = get_featuresdict_from_dataset(self.images, self.extractor, self.batch, self.cuda, True,
+                                                  self.verbose)
+            return {"features": found[FEATURE_LAYER]}
+
+        def check(data: dict[str, torch.Tensor]) -> None:
+            f = data.get("features")
+            if f is None or f.dtype != torch.float32 or tuple(f.shape) != (n, self.dim):
+                raise ValueError(f"expected float32 features of shape {(n, self.dim)}")
+
+        return self._cached("features", n * self.dim * 4, check, compute)["features"]
+
+    @functools.cached_property
+    def fid_statistics(self) -> dict[str, np.ndarray]:
+        """Mean (float32 [dim]) and covariance (float64 [dim, dim]) of the features, as torch-fidelity computes."""
+        def compute() -> dict[str, torch.Tensor]:
+            return {k: torch.from_numpy(v) for k, v in fid_features_to_statistics(self.features).items()}
+
+        def check(data: dict[str, torch.Tensor]) -> None:
+            mu, sigma = data.get("mu"), data.get("sigma")
+            if mu is None or sigma is None or mu.dtype != torch.float32 or sigma.dtype != torch.float64 \
+                    or tuple(mu.shape) != (self.dim,) or tuple(sigma.shape) != (self.dim, self.dim):
+                raise ValueError(f"expected FID statistics mu [{self.dim}] and sigma [{self.dim}, {self.dim}]")
+
+        stats = self._cached("fid-stats", self.dim * 4 + self.dim ** 2 * 8, check, compute)
+        return {k: v.numpy() for k, v in stats.items()}
+
+
 def _measure(input1: torch.utils.data.Dataset, input2: torch.utils.data.Dataset, names: list[str], *,
              cache_name1: str | None, cache_name2: str, device: torch.device, batch: int, seed: int,
              weights_path: str, verbose: bool) -> dict[str, float]:
-    """One torch-fidelity call for all requested metrics -> {metric name: value}."""
+    """All requested metrics of input1 against input2 -> {metric name: value} (one feature pass per input)."""
     n1, n2 = len(input1), len(input2)
     if min(n1, n2) < 2:
         raise MetricError(f"FID/KID need at least 2 images on each side, got {n1} and {n2}")
-    flags = {METRIC_SPECS[n].flag: True for n in names}
     cuda = device.type == "cuda"
+    values = {}
     with torch.cuda.device(device) if cuda else contextlib.nullcontext():
-        result = _call_fidelity(
-            input1=input1, input2=input2, **flags, cuda=cuda, batch_size=batch,
-            feature_extractor=EXTRACTOR_NAME, feature_extractor_weights_path=weights_path,
-            feature_layer_fid=FEATURE_LAYER, feature_layer_kid=FEATURE_LAYER,
-            kid_subsets=KID_NUM_SUBSETS, kid_subset_size=min(KID_MAX_SUBSET_SIZE, n1, n2),
-            cache=True, cache_root=cache_dir(), input1_cache_name=cache_name1, input2_cache_name=cache_name2,
-            save_cpu_ram=True,  # no DataLoader workers: generated images must be made in this process
-            rng_seed=seed, verbose=verbose)
-    return {n: float(result[METRIC_SPECS[n].result_key]) for n in names}
+        extractor = feature_extractor(weights_path, [FEATURE_LAYER]).to(device)
+        a, b = (_Input(x, name, extractor, cuda, batch, verbose) for x, name in ((input1, cache_name1),
+                                                                                 (input2, cache_name2)))
+        if "fid50k_full" in names:
+            values["fid50k_full"] = fid_statistics_to_metric(a.fid_statistics, b.fid_statistics,
+                                                             verbose)[torch_fidelity.KEY_METRIC_FID]
+        if "kid50k_full" in names:
+            kid = _call_fidelity(kid_features_to_metric, a.features, b.features, kid_subsets=KID_NUM_SUBSETS,
+                                 kid_subset_size=min(KID_MAX_SUBSET_SIZE, n1, n2), rng_seed=seed, verbose=verbose)
+            values["kid50k_full"] = kid[torch_fidelity.KEY_METRIC_KID_MEAN]
+    return {n: float(values[n]) for n in names}
 
 
 def make_record(name: str, value: float, *, num_gen: int, total_time: float, snapshot_pkl: str | None,
@@ -245,7 +300,7 @@ def make_record(name: str, value: float, *, num_gen: int, total_time: float, sna
 
 
 def append_records(records: Sequence[dict], run_dir: str) -> None:
-    """Append each record as one JSON line to run_dir/metric-<name>.jsonl (atomically)."""
+    """Append each record as one JSON line to run_dir/metric-<name>.jsonl (locked: concurrent writers lose nothing)."""
     for rec in records:
         append_line(os.path.join(run_dir, f"metric-{rec['metric']}.jsonl"), json.dumps(rec))
 

@@ -11,14 +11,18 @@ Numerics shared by every function here:
   k * (expm1(T) + e^T * (u - T)). The continuation is C1, keeps the function finite, decreasing and convex in z
   (a nondecreasing convex function of the convex softplus), and caps the gradient magnitude at
   e^T * sigmoid(-z) <= e^20 ~ 4.9e8, which is the exact gradient's magnitude at the limit -- so a wrong-side
-  logit always gets a finite, strictly negative gradient, for any k > 0 (values stay finite while 4.9e8 * |z| does,
-  i.e. |z| < 7e29 in float32).
+  logit always gets a finite, strictly negative gradient, for any k in K_RANGE (values stay finite while
+  4.9e8 * |z| does, i.e. |z| < 7e29 in float32).
+- k is limited to K_RANGE = [1e-3, 1e7]: every k in it gives finite values and gradients in float32 for every finite
+  logit below 7e29 in magnitude, while k = 1e308 rounds to inf in float32 (NaN losses) and k = 1e-300 to 0 (every
+  gradient non-finite). Beyond 1e7 the objective is the logistic loss to float32 precision.
 - float16/bfloat16 inputs are computed in float32 and the result is returned in float32 (as autocast does for
   losses): the values easily exceed the float16 range (k * e^20 for k = 1 is 4.9e8).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 from typing import Callable
@@ -26,7 +30,12 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
+from .errors import UserError
+
 OBJECTIVES = ("logistic", "rooted")
+DEFAULT_K = 8.0  # the root used when 'rooted' is given without one
+K_MIN, K_MAX = 1e-3, 1e7  # K_RANGE: see the module docstring
+K_RANGE = (K_MIN, K_MAX)
 CROSS_ENTROPY_FORMS = ("rlo", "paper")
 REDUCTIONS = ("mean", "sum", "none")
 
@@ -44,16 +53,21 @@ def _as_compute_dtype(x: torch.Tensor) -> torch.Tensor:
     return x
 
 
-def _check_k(k: float) -> float:
-    """Validate the root k: a finite number > 0."""
+def check_k(k: float) -> float:
+    """Validate the root k: a number in K_RANGE (outside it float32 training overflows or underflows; see above)."""
     try:
         k = float(k)
     except (TypeError, ValueError):
-        raise ValueError(f"rooted objective: k must be a number > 0, got {k!r}") from None
-    if not (math.isfinite(k) and k > 0):
-        raise ValueError(f"rooted objective: k must be finite and > 0, got {k!r} "
-                         f"(k -> infinity is the plain logistic loss: use 'logistic')")
+        raise ObjectiveError(f"the root k must be a number, got {k!r}") from None
+    if not K_MIN <= k <= K_MAX:  # also refuses nan and inf
+        raise ObjectiveError(f"the root k must lie in [{K_MIN:g}, {K_MAX:g}], got {k!r}; beyond {K_MAX:g} the "
+                             f"rooted objective equals the logistic loss to float32 precision (use 'logistic'), "
+                             f"and below {K_MIN:g} it is its linear continuation almost everywhere")
     return k
+
+
+class ObjectiveError(UserError, ValueError):
+    """A bad objective name or root k (also a ValueError, as torch's own loss modules raise for bad arguments)."""
 
 
 def _rooted_from_nll(nll: torch.Tensor, k: float) -> torch.Tensor:
@@ -77,25 +91,74 @@ def logistic(z: torch.Tensor) -> torch.Tensor:
 
 
 def rooted_logistic(z: torch.Tensor, k: float) -> torch.Tensor:
-    """The rooted logistic objective k * ((1 + e^-z)^(1/k) - 1), elementwise, for any finite k > 0.
+    """The rooted logistic objective k * ((1 + e^-z)^(1/k) - 1), elementwise, for k in K_RANGE.
 
     Computed as k * expm1(softplus(-z) / k); past softplus(-z)/k = 20 it continues linearly in softplus(-z)/k
     (finite, decreasing, convex, gradient magnitude capped at e^20; see the module docstring). Tends to
     softplus(-z) as k -> infinity. Half precision inputs are computed and returned in float32.
     """
-    k = _check_k(k)
+    k = check_k(k)
     return _rooted_from_nll(_softplus_neg(z), k)
 
 
+@dataclasses.dataclass(frozen=True)
+class Objective:
+    """One adversarial objective, the value every layer passes on: 'logistic', or 'rooted' with its root k.
+
+    Written as 'logistic', 'rooted' (k = DEFAULT_K) or 'rooted:K' (see parse and spec).
+    """
+    name: str
+    k: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.name not in OBJECTIVES:
+            raise ObjectiveError(f"unknown objective {self.name!r}: expected one of {', '.join(OBJECTIVES)}, "
+                                 f"optionally with a root for rooted (e.g. rooted:8)")
+        if self.name == "logistic" and self.k is not None:
+            raise ObjectiveError(f"k={self.k:g} only applies to the rooted objective (the logistic loss has no root)")
+        if self.name == "rooted":
+            object.__setattr__(self, "k", check_k(DEFAULT_K if self.k is None else self.k))
+
+    @classmethod
+    def parse(cls, text: str | Objective) -> Objective:
+        """'logistic', 'rooted' or 'rooted:2.5' (also an Objective, returned as it is)."""
+        if isinstance(text, Objective):
+            return text
+        name, colon, k_text = str(text).strip().partition(":")
+        if not colon:
+            return cls(name)
+        try:
+            k = float(k_text)
+        except ValueError:
+            raise ObjectiveError(f"objective {text!r}: the root must be a number, as in rooted:8") from None
+        return cls(name, k)
+
+    @property
+    def spec(self) -> str:
+        """The text parse reads back: 'logistic' or 'rooted:8'."""
+        return self.name if self.k is None else f"{self.name}:{self.k:g}"
+
+    @property
+    def label(self) -> str:
+        """For people: 'logistic' or 'rooted k=8'."""
+        return self.name if self.k is None else f"{self.name} k={self.k:g}"
+
+    @property
+    def slug(self) -> str:
+        """For file and run names: 'logistic' or 'rooted8'."""
+        return self.name if self.k is None else f"{self.name}{self.k:g}"
+
+    @property
+    def function(self) -> Callable[[torch.Tensor], torch.Tensor]:
+        """The elementwise objective l(z)."""
+        return logistic if self.k is None else functools.partial(rooted_logistic, k=self.k)
+
+
 def get_objective(name: str, k: float | None = None) -> Callable[[torch.Tensor], torch.Tensor]:
-    """The per-element objective for `name` in OBJECTIVES ('rooted' needs k > 0; k is ignored for 'logistic')."""
-    if name == "logistic":
-        return logistic
-    if name == "rooted":
-        if k is None:
-            raise ValueError("objective 'rooted' needs a root k > 0 (e.g. k=8)")
-        return functools.partial(rooted_logistic, k=_check_k(k))
-    raise ValueError(f"unknown objective {name!r}: expected one of {', '.join(OBJECTIVES)}")
+    """The per-element objective for `name` in OBJECTIVES ('rooted' needs k; k is ignored for 'logistic')."""
+    if name == "rooted" and k is None:
+        raise ObjectiveError("objective 'rooted' needs a root k (e.g. k=8)")
+    return Objective(name, k if name == "rooted" else None).function
 
 
 def _check_choice(what: str, value: str, choices: tuple[str, ...]) -> str:
@@ -122,7 +185,7 @@ def rooted_cross_entropy(logits: torch.Tensor, target: torch.Tensor, k: float, f
     form 'rlo':   k * (p_y^(-1/k) - 1), the multiclass RLO (two classes: rooted_logistic of the logit difference);
     form 'paper': m * (1 - p_y^(1/k)), the bounded form of the paper's classification code.
     """
-    k = _check_k(k)
+    k = check_k(k)
     _check_choice("rooted cross-entropy form", form, CROSS_ENTROPY_FORMS)
     _check_choice("reduction", reduction, REDUCTIONS)
     if logits.ndim < 2:
@@ -162,7 +225,7 @@ class RootedLogisticLoss(torch.nn.Module):
 
     def __init__(self, k: float, reduction: str = "mean"):
         super().__init__()
-        self.k = _check_k(k)
+        self.k = check_k(k)
         self.reduction = _check_choice("reduction", reduction, REDUCTIONS)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
@@ -177,7 +240,7 @@ class RootedCrossEntropyLoss(torch.nn.Module):
 
     def __init__(self, k: float, form: str = "rlo", m: float = 1.0, reduction: str = "mean"):
         super().__init__()
-        self.k = _check_k(k)
+        self.k = check_k(k)
         self.form = _check_choice("rooted cross-entropy form", form, CROSS_ENTROPY_FORMS)
         self.m = float(m)
         self.reduction = _check_choice("reduction", reduction, REDUCTIONS)

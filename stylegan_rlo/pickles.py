@@ -10,8 +10,10 @@ from its stored constructor arguments, then copies parameters and buffers with s
 
 from __future__ import annotations
 
+import _compat_pickle
 import collections
 import copy
+import copyreg
 import importlib
 import io
 import math
@@ -24,22 +26,28 @@ from typing import IO, Any, Callable, Iterable
 import numpy as np
 import torch
 
-from dnnlib.util import EasyDict, is_url, open_url
+from dnnlib.util import DownloadError, EasyDict, is_url, open_url
 from torch_utils import persistence
 
+from .errors import UserError
 from .fileio import atomic_write
+from .pickle_limits import AllocationGuard, LimitExceeded, check_init_ints, check_structure, short_repr
 
 SNAPSHOT_KEYS = ("G", "D", "G_ema", "augment_pipe", "training_set_kwargs")
 SAFE_CLASS_MODULES = ("stylegan_rlo.networks", "stylegan_rlo.augment")
 _PICKLE_PROTOCOL = 4  # what the official release writes (Python 3 default); readable by Python >= 3.4
 
 
-class PickleError(Exception):
+class PickleError(UserError):
     """Base class: a network pickle could not be loaded or saved."""
 
 
 class MissingPickleError(PickleError, FileNotFoundError):
     """The given pickle path does not exist."""
+
+
+class PickleDownloadError(MissingPickleError, DownloadError):
+    """The given pickle URL could not be downloaded."""
 
 
 class UnsafePickleError(PickleError):
@@ -70,6 +78,10 @@ class ShapeMismatchError(IncompatibleNetworkError):
     """A stored parameter or buffer has a different shape than our rebuilt network expects."""
 
 
+class PickleLimitError(PickleError, UserError):
+    """The file would need more nesting, memory or work than a genuine network pickle (see pickle_limits)."""
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Loading.
 
@@ -84,8 +96,15 @@ def load_network_pkl(source: str | os.PathLike | IO[bytes], trust_pickle: bool =
         return _load_from_file(source, getattr(source, "name", "<file object>"), trust_pickle)
     name = os.fspath(source)
     if is_url(name):
-        with open_url(name) as f:
-            return _load_from_file(f, name, trust_pickle)
+        try:
+            path = open_url(name, return_filename=True)  # downloaded once into the cache, then reused
+        except DownloadError as e:
+            raise PickleDownloadError(str(e)) from None
+        with open(path, "rb") as f:
+            try:
+                return _load_from_file(f, f"{path} (downloaded from {name})", trust_pickle)
+            except CorruptPickleError as e:
+                raise CorruptPickleError(f"{e}. Delete the cached copy {path} to download it again.") from None
     if not os.path.isfile(name):
         raise MissingPickleError(f"network pickle not found: {name}")
     with open(name, "rb") as f:
@@ -117,7 +136,12 @@ def _load_from_file(f: IO[bytes], name: str, trust_pickle: bool) -> dict:
     if not isinstance(data, dict):
         raise CorruptPickleError(f"{name}: not a network pickle (top level is {type(data).__name__}, expected a dict "
                                  f"with keys {', '.join(SNAPSHOT_KEYS)})")
-    data = {key: _materialize(value, f"{name}:{key}") for key, value in data.items()}
+    memo: dict[int, tuple[Any, Any]] = {}
+    try:
+        check_structure(data, lambda v: [v.state] if isinstance(v, _PersistentRecord) else None)
+        data = {key: _materialize(value, f"{name}:{key}", memo) for key, value in data.items()}
+    except LimitExceeded as e:
+        raise PickleLimitError(f"{name}: {e}; refusing to load it") from None
     for key in SNAPSHOT_KEYS:
         data.setdefault(key, None)
     for key in ("G", "D", "G_ema"):
@@ -163,6 +187,29 @@ def _load_storage_from_bytes(data: bytes) -> Any:
                                 f"--trust-pickle (trust_pickle=True) only if you trust the file.") from e
 
 
+def _latin1_encode(text: Any, encoding: str = "utf-8") -> bytes:
+    """What protocol 0-2 pickles store bytes as (`_codecs.encode(text, 'latin1')`), limited to that use."""
+    if not isinstance(text, str) or encoding not in ("latin1", "latin-1"):
+        raise UnsafePickleError(f"refusing _codecs.encode({type(text).__name__}, {encoding!r}): network pickles "
+                                f"only use it to store bytes as latin1 text")
+    return text.encode("latin1")
+
+
+def _reconstructor(cls: Any, base: Any, state: Any) -> Any:
+    """copyreg._reconstructor (how protocol 0-1 pickles rebuild an EasyDict), for the allow-listed dicts only."""
+    if base is not dict or cls not in (dict, EasyDict, collections.OrderedDict):
+        raise UnsafePickleError(f"refusing copyreg._reconstructor({short_repr(cls)}, {short_repr(base)}): only "
+                                f"allow-listed classes may be rebuilt")
+    return copyreg._reconstructor(cls, base, state)
+
+
+def _python3_name(module: str, name: str) -> tuple[str, str]:
+    """The Python 3 name of a global, as the stdlib unpickler maps Python 2 names (`__builtin__.set`, `copy_reg`)."""
+    if (module, name) in _compat_pickle.NAME_MAPPING:
+        return _compat_pickle.NAME_MAPPING[(module, name)]
+    return _compat_pickle.IMPORT_MAPPING.get(module, module), name
+
+
 def _numpy_scalar() -> Callable:
     """numpy's scalar reconstructor (numpy 2 moved it to numpy._core, numpy 1 pickles say numpy.core)."""
     try:
@@ -178,6 +225,9 @@ _SAFE_GLOBALS: dict[tuple[str, str], Any] = {
     ("collections", "OrderedDict"): collections.OrderedDict,
     ("builtins", "set"): set,
     ("builtins", "frozenset"): frozenset,
+    ("builtins", "dict"): dict,
+    ("_codecs", "encode"): _latin1_encode,
+    ("copyreg", "_reconstructor"): _reconstructor,
     ("torch._utils", "_rebuild_tensor_v2"): torch._utils._rebuild_tensor_v2,
     ("torch._utils", "_rebuild_parameter"): torch._utils._rebuild_parameter,
     ("torch._utils", "_rebuild_parameter_with_state"): torch._utils._rebuild_parameter_with_state,
@@ -207,6 +257,7 @@ class _SafeUnpickler(_TrustedUnpickler):
     def find_class(self, module: str, name: str) -> Any:
         if module.startswith("dnnlib.tflib"):
             raise _tf_error(self.name)
+        module, name = _python3_name(module, name)
         found = _SAFE_GLOBALS.get((module, name))
         if found is None:
             raise UnsafePickleError(
@@ -219,15 +270,21 @@ class _SafeUnpickler(_TrustedUnpickler):
         raise UnsafePickleError(f"{self.name}: unexpected persistent id {pid!r}; not a network pickle")
 
 
-def _materialize(value: Any, where: str) -> Any:
-    """Replace persistent records (anywhere inside plain containers) by rebuilt objects."""
+def _materialize(value: Any, where: str, memo: dict[int, tuple[Any, Any]]) -> Any:
+    """Replace persistent records (anywhere inside plain containers) by rebuilt objects. Each distinct object is
+    handled once (`memo`: id -> (object, result)), so shared references stay shared and cost nothing extra."""
+    if not isinstance(value, (_PersistentRecord, dict, list, tuple)):
+        return value
+    if id(value) in memo:
+        return memo[id(value)][1]
     if isinstance(value, _PersistentRecord):
-        return _build(value.class_name, value.state, where)
-    if isinstance(value, dict):
-        return type(value)((k, _materialize(v, where)) for k, v in value.items())
-    if isinstance(value, (list, tuple)):
-        return type(value)(_materialize(v, where) for v in value)
-    return value
+        result = _build(value.class_name, value.state, where, memo)
+    elif isinstance(value, dict):
+        result = type(value)((k, _materialize(v, where, memo)) for k, v in value.items())
+    else:
+        result = type(value)(_materialize(v, where, memo) for v in value)
+    memo[id(value)] = (value, result)
+    return result
 
 
 def find_persistent_class(class_name: str) -> type:
@@ -260,25 +317,54 @@ def rebuild_persistent_obj(meta: dict) -> Any:
         obj = cls.__new__(cls)
         obj.__setstate__(dict(meta["state"]))
         return obj
-    return _build(meta["class_name"], meta["state"], meta["class_name"])
+    return _build(meta["class_name"], meta["state"], meta["class_name"], {})
 
 
-def _build(class_name: str, state: dict, where: str) -> Any:
-    """Construct our class from the stored init args/kwargs, then load the stored tensors into it."""
+def _build(class_name: str, state: dict, where: str, memo: dict[int, tuple[Any, Any]]) -> Any:
+    """Construct our class from the stored init args/kwargs, then load the stored tensors into it.
+
+    The constructor runs under an AllocationGuard: it may not allocate much more than the tensors stored for it.
+    """
     cls = find_persistent_class(class_name)
-    args = _materialize(state.get("_init_args", ()), where)
-    kwargs = _materialize(state.get("_init_kwargs", {}), where)
+    args = _materialize(state.get("_init_args", ()), where, memo)
+    kwargs = _materialize(state.get("_init_kwargs", {}), where, memo)
     if not isinstance(args, (tuple, list)) or not isinstance(kwargs, dict):
         raise CorruptPickleError(f"{where}: malformed init args for {class_name}")
+    check_init_ints((args, kwargs), f"{where} ({class_name})")
+    stored_bytes, stored_tensors = _stored_size(state)
     try:
-        with torch.random.fork_rng(devices=[]):  # loading must not disturb the caller's random stream
+        # Loading must not disturb the caller's random stream, nor allocate much beyond what the file stores.
+        guard = AllocationGuard(stored_bytes, stored_tensors, f"{where} ({class_name})")
+        with torch.random.fork_rng(devices=[]), guard:
             obj = cls(*args, **dict(kwargs))
+    except LimitExceeded:
+        raise
     except Exception as e:
-        raise IncompatibleNetworkError(f"{where}: cannot construct {class_name}(*{args!r}, **{dict(kwargs)!r}): "
-                                       f"{type(e).__name__}: {e}") from e
+        raise IncompatibleNetworkError(f"{where}: cannot construct {class_name}(*{short_repr(args)}, "
+                                       f"**{short_repr(dict(kwargs))}): {type(e).__name__}: {e}") from e
     if isinstance(obj, torch.nn.Module):
         _load_module_state(obj, state, where)
     return obj
+
+
+def _stored_size(state: Any) -> tuple[int, int]:
+    """(bytes, count) of the tensors stored in a module state and its stored submodules."""
+    total_bytes = count = 0
+    pending = [state]
+    while pending:
+        current = pending.pop()
+        if not isinstance(current, dict):
+            continue
+        for table in ("_parameters", "_buffers"):
+            tensors = current.get(table)
+            for t in tensors.values() if isinstance(tensors, dict) else ():
+                if isinstance(t, torch.Tensor):
+                    total_bytes += t.numel() * t.element_size()
+                    count += 1
+        modules = current.get("_modules")
+        for child in modules.values() if isinstance(modules, dict) else ():
+            pending.append(_child_view(child)[1] if child is not None else None)
+    return total_bytes, count
 
 
 def _child_view(child: Any) -> tuple[str, dict]:
@@ -398,7 +484,8 @@ def _cpu_copy_if_needed(value: Any) -> Any:
 
 
 __all__ = [
-    "SNAPSHOT_KEYS", "SAFE_CLASS_MODULES", "PickleError", "MissingPickleError", "UnsafePickleError",
-    "TensorFlowPickleError", "CorruptPickleError", "TrustedCodeError", "UnknownClassError", "IncompatibleNetworkError",
-    "ShapeMismatchError", "load_network_pkl", "save_network_pkl", "find_persistent_class", "rebuild_persistent_obj",
+    "SNAPSHOT_KEYS", "SAFE_CLASS_MODULES", "PickleError", "MissingPickleError", "PickleDownloadError",
+    "UnsafePickleError", "TensorFlowPickleError", "CorruptPickleError", "TrustedCodeError", "UnknownClassError",
+    "IncompatibleNetworkError", "ShapeMismatchError", "PickleLimitError", "load_network_pkl", "save_network_pkl",
+    "find_persistent_class", "rebuild_persistent_obj",
 ]

@@ -1,4 +1,4 @@
-"""The training loop: data, networks (fresh or resumed), DDP, the phases of `training_step`, the ADA heuristic,
+"""The training loop: data, networks (fresh or resumed), DDP, the iterations of `TrainingStep`, the ADA heuristic,
 ticks with stats/status lines, image grids and atomic network snapshots that a later run can resume."""
 
 from __future__ import annotations
@@ -18,13 +18,14 @@ from tqdm import tqdm
 from torch_utils import misc
 from torch_utils.ops import conv2d_gradfix, grid_sample_gradfix
 
-from . import networks, preemption, training_state
+from . import preemption, training_state
 from .dataset import DatasetError, ImageFolderDataset
 from .fileio import append_line
 from .images import save_image_grid
 from .loss import StyleGAN2Loss
+from .run_dir import output_error
 from .stats import StatsAccumulator, fan_out
-from .training_step import build_phases, training_step
+from .training_step import Batch, TrainingStep, build_augment_pipe, build_networks, build_phases
 
 # ---------------------------------------------------------------------------------------------------------------
 # Small helpers.
@@ -47,7 +48,7 @@ class RunLog:
         self._pending.append(message)
 
     def flush(self) -> None:
-        """Append everything printed since the last flush to log.txt (atomically)."""
+        """Append everything printed since the last flush to log.txt in one locked append."""
         if self.enabled and self.path is not None and self._pending:
             append_line(self.path, "\n".join(self._pending))
         self._pending = []
@@ -162,6 +163,7 @@ def _load_resume(resume_pkl: str, trust_pickle: bool, G, D, G_ema, log: RunLog, 
 # The loop.
 
 def training_loop(
+    *,                                       # Keywords only; stylegan_rlo.training_config makes the option values.
     run_dir: str = ".",                      # Output directory (log.txt, stats.jsonl, images, snapshots).
     training_set_kwargs: dict | None = None,  # ImageFolderDataset kwargs (+ class_name, recorded in snapshots).
     data_loader_kwargs: dict | None = None,   # torch.utils.data.DataLoader options (num_workers).
@@ -170,8 +172,7 @@ def training_loop(
     G_opt_kwargs: dict | None = None,         # Adam lr / betas / eps for G.
     D_opt_kwargs: dict | None = None,         # Adam lr / betas / eps for D.
     augment_kwargs: dict | None = None,       # augment.AugmentPipe kwargs; None = no augmentation.
-    loss: str = "rooted",                     # Adversarial objective: 'logistic' or 'rooted'.
-    k: float | None = 8.0,                    # Root of the rooted objective.
+    objective: str,                           # Adversarial objective: 'logistic' or 'rooted:K' (Objective.spec).
     loss_kwargs: dict | None = None,          # Further StyleGAN2Loss kwargs (r1_gamma, pl_weight, ...).
     metrics: list | tuple = (),               # Metric names evaluated at every network snapshot.
     metrics_num: int | None = None,           # Generated images per metric (None = the metric's default).
@@ -191,9 +192,9 @@ def training_loop(
     ada_interval: int = 4,                    # Iterations between ADA adjustments.
     ada_kimg: float = 500,                    # kimg for p to move by one unit.
     total_kimg: float = 25000,                # Training length (absolute, continues across resumes).
-    kimg_per_tick: float = 4,                 # Status/stat interval.
-    image_snapshot_ticks: int | None = 50,    # Ticks between fakes grids (None = never).
-    network_snapshot_ticks: int | None = 50,  # Ticks between network snapshots (None = never).
+    kimg_per_tick: float,                     # Status/stat interval.
+    image_snapshot_ticks: int | None,         # Ticks between fakes grids (None = never).
+    network_snapshot_ticks: int | None,       # Ticks between network snapshots (None = never).
     resume_pkl: str | None = None,            # Pickle (path or URL) to start from; ours continue their progress.
     trust_pickle: bool = False,               # Execute code embedded in the resume pickle (trusted files only).
     cudnn_benchmark: bool = True,             # torch.backends.cudnn.benchmark.
@@ -229,6 +230,7 @@ def training_loop(
     force_fp32 = device.type != "cuda"
     tick_stats = StatsAccumulator()
     stats_tfevents = None
+    finished = False
     stop = preemption.StopRequest(escalate=not distributed).start()
     try:
         log("Loading training set...")
@@ -251,9 +253,7 @@ def training_loop(
             f"Label shape: {training_set.label_shape}\n")
 
         log("Constructing networks...")
-        G = networks.Generator(**G_kwargs).train().requires_grad_(False).to(device)
-        D = networks.Discriminator(**D_kwargs).train().requires_grad_(False).to(device)
-        G_ema = copy.deepcopy(G).eval()
+        G, D, G_ema = build_networks(G_kwargs, D_kwargs, device)
         progress: dict = {}
         if resume_pkl is not None and rank == 0:
             progress = _load_resume(resume_pkl, trust_pickle, G, D, G_ema, log, resume_transfer)
@@ -263,12 +263,10 @@ def training_loop(
 
         augment_pipe = None
         if augment_kwargs is not None and (augment_p > 0 or ada_target is not None):
-            from .augment import AugmentPipe
-            augment_pipe = AugmentPipe(**augment_kwargs).train().requires_grad_(False).to(device)
             p = augment_p
             if ada_target is not None and progress.get("augment_p") is not None:
                 p = float(progress["augment_p"])  # an adaptive run continues from its last p
-            augment_pipe.p.copy_(torch.as_tensor(p))
+            augment_pipe = build_augment_pipe(augment_kwargs, p, device)
 
         if distributed:
             log(f"Distributing across {num_gpus} processes...")
@@ -296,10 +294,12 @@ def training_loop(
 
         ada_stats = StatsAccumulator(names=("Loss/signs/real",)) if ada_target is not None else None
         report = fan_out(tick_stats, *([ada_stats] if ada_stats is not None else []))
-        loss_fn = StyleGAN2Loss(device=device, G=G, D=ddp["D"], augment_pipe=augment_pipe, objective=loss, k=k,
+        loss_fn = StyleGAN2Loss(device=device, G=G, D=ddp["D"], augment_pipe=augment_pipe, objective=objective,
                                 G_mapping=ddp["G_mapping"], G_synthesis=ddp["G_synthesis"], report=report,
                                 **(loss_kwargs or {}))
         phases = build_phases(G, D, G_opt_kwargs, D_opt_kwargs, G_reg_interval, D_reg_interval)
+        step = TrainingStep(phases, loss_fn, G, G_ema, batch_gpu=batch_gpu, num_gpus=num_gpus, ema_kimg=ema_kimg,
+                            ema_rampup=ema_rampup, report=report)
         resume_rng = None
         if state is not None:
             resume_rng = training_state.restore(state, resume_state, phases, loss_fn, ada_stats, rank, num_gpus, log)
@@ -351,8 +351,7 @@ def training_loop(
             else:
                 gen_c = torch.zeros([num_gen, 0], device=device)
 
-            training_step(phases, loss_fn, G, G_ema, batch_idx, cur_nimg, real_img, real_c, gen_z, gen_c,
-                          batch_gpu, num_gpus, ema_kimg, ema_rampup, report)
+            step(Batch(real_img, real_c, gen_z, gen_c), batch_idx, cur_nimg)
             cur_nimg += batch_size
             batch_idx += 1
             bar.update(batch_size)
@@ -463,13 +462,33 @@ def training_loop(
         if stop_signal is not None:
             log(f"\nStopped by {preemption.signal_name(stop_signal)}; continue exactly with --resume {snapshot_pkl}")
         log("\nExiting...")
+        finished = True
         return dict(G=G, D=D, G_ema=G_ema, augment_pipe=augment_pipe, cur_nimg=cur_nimg, cur_tick=cur_tick - 1,
                     batch_idx=batch_idx, stopped_by=stop_signal, snapshot_pkl=snapshot_pkl)
+    except OSError as e:  # a full or read-only disk while writing outputs: a message, not a traceback
+        error = output_error(e, run_dir)
+        if error is None:
+            raise
+        raise error from e
     finally:
         stop.close()
+        _close_outputs(log, stats_tfevents, run_dir, failing=not finished)
+
+
+def _close_outputs(log: RunLog, stats_tfevents, run_dir: str, failing: bool) -> None:
+    """Flush log.txt and close TensorBoard. When `failing` (an error is on its way out, say the disk is full), a
+    second failure here is dropped: it must not replace the first."""
+    try:
         log.flush()
         if stats_tfevents is not None:
             stats_tfevents.close()
+    except OSError as e:
+        if failing:
+            return
+        error = output_error(e, run_dir)
+        if error is None:
+            raise
+        raise error from e
 
 
 def _save_snapshot(run_dir: str, rank: int, distributed: bool, training_set_kwargs: dict | None, G, D, G_ema,

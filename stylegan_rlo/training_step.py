@@ -1,13 +1,16 @@
-"""One training iteration, shared by the training loop and the benchmark: the G/D phases (with lazy
-regularization), the non-finite gradient guard, the Adam steps and the G_ema update."""
+"""One training iteration, shared by the training loop and the benchmark: the networks, augment pipe and optimizers
+it works on (built here for both), the G/D phases (with lazy regularization), the non-finite gradient guard, the Adam
+steps and the G_ema update."""
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 from typing import Callable, Sequence
 
 import torch
 
+from . import networks
 from .loss import StyleGAN2Loss
 
 Reporter = Callable[[str, torch.Tensor], None]
@@ -20,6 +23,22 @@ class Phase:
     module: torch.nn.Module
     opt: torch.optim.Optimizer
     interval: int
+
+
+def build_networks(G_kwargs: dict, D_kwargs: dict, device: torch.device
+                   ) -> tuple[torch.nn.Module, torch.nn.Module, torch.nn.Module]:
+    """G, D (training mode, frozen until a phase trains them) and G_ema (a copy of G in eval mode) on `device`."""
+    G = networks.Generator(**G_kwargs).train().requires_grad_(False).to(device)
+    D = networks.Discriminator(**D_kwargs).train().requires_grad_(False).to(device)
+    return G, D, copy.deepcopy(G).eval()
+
+
+def build_augment_pipe(augment_kwargs: dict, p: float, device: torch.device) -> torch.nn.Module:
+    """The ADA pipe with probability `p` (imported on use: runs without augmentation never load it)."""
+    from .augment import AugmentPipe
+    augment_pipe = AugmentPipe(**augment_kwargs).train().requires_grad_(False).to(device)
+    augment_pipe.p.copy_(torch.as_tensor(p))
+    return augment_pipe
 
 
 def make_adam(params, lr: float, betas: Sequence[float], eps: float) -> torch.optim.Adam:
@@ -85,36 +104,49 @@ def ema_beta(batch_size: int, cur_nimg: int, ema_kimg: float, ema_rampup: float 
     return 0.5 ** (batch_size / max(ema_nimg, 1e-8))
 
 
-def run_phases(phases: Sequence[Phase], loss: StyleGAN2Loss, batch_idx: int, real_img: torch.Tensor,
-               real_c: torch.Tensor, gen_z: torch.Tensor, gen_c: torch.Tensor, batch_gpu: int, num_gpus: int,
-               report: Reporter) -> None:
-    """Run every phase due at `batch_idx`: accumulate gradients in rounds of batch_gpu samples, guard, step.
-
-    real_img/real_c hold this rank's share of the batch (float images in [-1, 1]); gen_z/gen_c hold
-    len(phases) * batch_size rows (each phase takes its own slice, as in the official loop).
-    """
-    batch_size = real_img.shape[0] * num_gpus
-    real_imgs, real_cs = real_img.split(batch_gpu), real_c.split(batch_gpu)
-    num_rounds = len(real_imgs)
-    for phase, phase_z, phase_c in zip(phases, gen_z.split(batch_size), gen_c.split(batch_size)):
-        if batch_idx % phase.interval != 0:
-            continue
-        phase.opt.zero_grad(set_to_none=True)
-        phase.module.requires_grad_(True)
-        for round_idx, (r_img, r_c, z, c) in enumerate(zip(real_imgs, real_cs, phase_z.split(batch_gpu),
-                                                            phase_c.split(batch_gpu))):
-            loss.accumulate_gradients(phase=phase.name, real_img=r_img, real_c=r_c, gen_z=z, gen_c=c,
-                                      sync=(round_idx == num_rounds - 1), gain=phase.interval)
-        phase.module.requires_grad_(False)
-        report("Grad/nonfinite_" + phase.name[0], sanitize_gradients_(phase.module.parameters()))
-        phase.opt.step()
+@dataclasses.dataclass
+class Batch:
+    """One iteration's inputs on this rank: its share of the reals (float images in [-1, 1]) with their labels, and
+    latents and labels for every phase (len(phases) * batch_size rows; each phase takes its own slice, as upstream)."""
+    real_img: torch.Tensor
+    real_c: torch.Tensor
+    gen_z: torch.Tensor
+    gen_c: torch.Tensor
 
 
-def training_step(phases: Sequence[Phase], loss: StyleGAN2Loss, G: torch.nn.Module, G_ema: torch.nn.Module,
-                  batch_idx: int, cur_nimg: int, real_img: torch.Tensor, real_c: torch.Tensor, gen_z: torch.Tensor,
-                  gen_c: torch.Tensor, batch_gpu: int, num_gpus: int, ema_kimg: float, ema_rampup: float | None,
-                  report: Reporter) -> None:
-    """One full iteration: all due phases, then the G_ema update."""
-    run_phases(phases, loss, batch_idx, real_img, real_c, gen_z, gen_c, batch_gpu, num_gpus, report)
-    batch_size = real_img.shape[0] * num_gpus
-    update_ema(G_ema, G, ema_beta(batch_size, cur_nimg, ema_kimg, ema_rampup))
+@dataclasses.dataclass
+class TrainingStep:
+    """What one iteration works with, fixed from one iteration to the next; `step(batch, batch_idx, cur_nimg)` runs
+    every due phase, then the G_ema update."""
+    phases: Sequence[Phase]
+    loss: StyleGAN2Loss
+    G: torch.nn.Module
+    G_ema: torch.nn.Module
+    batch_gpu: int
+    num_gpus: int
+    ema_kimg: float
+    ema_rampup: float | None
+    report: Reporter
+
+    def run_phases(self, batch: Batch, batch_idx: int) -> None:
+        """Run every phase due at `batch_idx`: accumulate gradients in rounds of batch_gpu samples, guard, step."""
+        batch_size = batch.real_img.shape[0] * self.num_gpus
+        real_imgs, real_cs = batch.real_img.split(self.batch_gpu), batch.real_c.split(self.batch_gpu)
+        num_rounds = len(real_imgs)
+        for phase, phase_z, phase_c in zip(self.phases, batch.gen_z.split(batch_size), batch.gen_c.split(batch_size)):
+            if batch_idx % phase.interval != 0:
+                continue
+            phase.opt.zero_grad(set_to_none=True)
+            phase.module.requires_grad_(True)
+            rounds = zip(real_imgs, real_cs, phase_z.split(self.batch_gpu), phase_c.split(self.batch_gpu))
+            for round_idx, (r_img, r_c, z, c) in enumerate(rounds):
+                self.loss.accumulate_gradients(phase=phase.name, real_img=r_img, real_c=r_c, gen_z=z, gen_c=c,
+                                               sync=(round_idx == num_rounds - 1), gain=phase.interval)
+            phase.module.requires_grad_(False)
+            self.report("Grad/nonfinite_" + phase.name[0], sanitize_gradients_(phase.module.parameters()))
+            phase.opt.step()
+
+    def __call__(self, batch: Batch, batch_idx: int, cur_nimg: int) -> None:
+        self.run_phases(batch, batch_idx)
+        batch_size = batch.real_img.shape[0] * self.num_gpus
+        update_ema(self.G_ema, self.G, ema_beta(batch_size, cur_nimg, self.ema_kimg, self.ema_rampup))

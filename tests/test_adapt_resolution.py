@@ -11,7 +11,7 @@ from click.testing import CliRunner
 from stylegan_rlo import adapt_resolution, networks
 from stylegan_rlo.cli.train import main
 from stylegan_rlo.pickles import load_network_pkl
-from training_fixtures import TINY_COND, TINY_UNCOND, make_zip, one_thread  # noqa: F401
+from training_fixtures import TINY_COND, TINY_UNCOND, make_zip
 
 FAST = ["--device", "cpu", "--workers", "0", "--batch", "4", "--tick", "0.004", "--kimg", "0.004"]
 

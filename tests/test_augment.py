@@ -25,7 +25,7 @@ from stylegan_rlo.augment import AUGPIPE_SPECS, AugmentPipe
 from torch_utils import persistence
 from torch_utils.ops import grid_sample_gradfix
 
-DATA = pathlib.Path(__file__).parent / 'data'
+DATA = pathlib.Path(__file__).parent / "data"
 
 
 def _images(batch=2, channels=3, height=16, width=16, seed=0, dtype=torch.float32) -> torch.Tensor:
@@ -36,7 +36,7 @@ def _images(batch=2, channels=3, height=16, width=16, seed=0, dtype=torch.float3
 def _smooth_images(batch=2, size=32, seed=0) -> torch.Tensor:
     """Sums of wide Gaussian blobs at random off-center positions (asymmetric, nearly band-limited)."""
     g = torch.Generator().manual_seed(seed)
-    yy, xx = torch.meshgrid(torch.arange(size).float(), torch.arange(size).float(), indexing='ij')
+    yy, xx = torch.meshgrid(torch.arange(size).float(), torch.arange(size).float(), indexing="ij")
     out = torch.zeros(batch, 3, size, size)
     for b in range(batch):
         for c in range(3):
@@ -58,55 +58,55 @@ def _pipe(p: float = 1.0, **kwargs) -> AugmentPipe:
 
 def _fixture_listing(name: str) -> dict:
     """The augment_pipe block of a fixture's structure file: init kwargs, attributes, buffer shapes."""
-    lines = (DATA / f'{name}.structure.txt').read_text().splitlines()
-    start = next(i for i, line in enumerate(lines) if line.startswith('augment_pipe:'))
+    lines = (DATA / f"{name}.structure.txt").read_text().splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("augment_pipe:"))
     head = lines[start]
-    init_kwargs = ast.literal_eval(re.search(r'init_kwargs=(\{.*?\}) init_args', head).group(1))
+    init_kwargs = ast.literal_eval(re.search(r"init_kwargs=(\{.*?\}) init_args", head).group(1))
     attrs, buffers, params = {}, {}, {}
     for line in lines[start + 1:]:
-        if not line.startswith('  '):
+        if not line.startswith("  "):
             break
         line = line.strip()
-        if line.startswith('attrs: '):
-            for key, value in re.findall(r'(\w+)=(\[[^\]]*\]|[^,]+)', line[len('attrs: '):]):
+        if line.startswith("attrs: "):
+            for key, value in re.findall(r"(\w+)=(\[[^\]]*\]|[^,]+)", line[len("attrs: "):]):
                 attrs[key] = ast.literal_eval(value)
-        elif line.startswith(('buffer ', 'param ')):
-            kind, key, shape = line.split(' ', 2)
-            (buffers if kind == 'buffer' else params)[key] = ast.literal_eval(shape)
+        elif line.startswith(("buffer ", "param ")):
+            kind, key, shape = line.split(" ", 2)
+            (buffers if kind == "buffer" else params)[key] = ast.literal_eval(shape)
     return dict(init_kwargs=init_kwargs, attrs=attrs, buffers=buffers, params=params)
 
 
 def test_structure_matches_fixture():
-    listing = _fixture_listing('tiny_cond')  # (tiny_uncond's listing stops before its augment_pipe)
-    assert listing['init_kwargs'] == AUGPIPE_SPECS['bgc']  # the official default pipe
-    pipe = AugmentPipe(**listing['init_kwargs'])
-    assert {k: tuple(v.shape) for k, v in pipe.named_buffers()} == listing['buffers']
-    assert listing['params'] == {} and list(pipe.parameters()) == []
-    assert listing['attrs'], 'no attributes parsed from the structure file'
-    for key, value in listing['attrs'].items():
+    listing = _fixture_listing("tiny_cond")  # (tiny_uncond's listing stops before its augment_pipe)
+    assert listing["init_kwargs"] == AUGPIPE_SPECS["bgc"]  # the official default pipe
+    pipe = AugmentPipe(**listing["init_kwargs"])
+    assert {k: tuple(v.shape) for k, v in pipe.named_buffers()} == listing["buffers"]
+    assert listing["params"] == {} and list(pipe.parameters()) == []
+    assert listing["attrs"], "no attributes parsed from the structure file"
+    for key, value in listing["attrs"].items():
         assert getattr(pipe, key) == value, key
-    ours = {k for k, v in vars(pipe).items() if not k.startswith('_') and k != 'training'}
-    assert ours == set(listing['attrs']) - {'training'}
+    ours = {k for k, v in vars(pipe).items() if not k.startswith("_") and k != "training"}
+    assert ours == set(listing["attrs"]) - {"training"}
 
 
 def test_buffers_equal_the_official_pickle_values():
-    pickles = pytest.importorskip('stylegan_rlo.pickles')
-    stored = pickles.load_network_pkl(str(DATA / 'tiny_cond.pkl'))['augment_pipe']
-    fresh = AugmentPipe(**AUGPIPE_SPECS['bgc'])
-    for key in ('Hz_geom', 'Hz_fbank'):
+    pickles = pytest.importorskip("stylegan_rlo.pickles")
+    stored = pickles.load_network_pkl(str(DATA / "tiny_cond.pkl"))["augment_pipe"]
+    fresh = AugmentPipe(**AUGPIPE_SPECS["bgc"])
+    for key in ("Hz_geom", "Hz_fbank"):
         assert getattr(fresh, key).dtype == torch.float32
         assert torch.allclose(getattr(fresh, key), getattr(stored, key), rtol=0, atol=1e-7), key
     assert float(fresh.p) == 1.0
 
 
 def test_augpipe_specs():
-    assert set(AUGPIPE_SPECS) == {'blit', 'geom', 'color', 'filter', 'noise', 'cutout',
-                                  'bg', 'bgc', 'bgcf', 'bgcfn', 'bgcfnc'}
-    assert AUGPIPE_SPECS['blit'] == dict(xflip=1, rotate90=1, xint=1)
-    assert AUGPIPE_SPECS['geom'] == dict(scale=1, rotate=1, aniso=1, xfrac=1)
-    assert AUGPIPE_SPECS['color'] == dict(brightness=1, contrast=1, lumaflip=1, hue=1, saturation=1)
-    assert AUGPIPE_SPECS['bgcfnc'] == dict(**AUGPIPE_SPECS['bgc'], imgfilter=1, noise=1, cutout=1)
-    assert AUGPIPE_SPECS['bgcfn'] == dict(**AUGPIPE_SPECS['bgc'], imgfilter=1, noise=1)
+    assert set(AUGPIPE_SPECS) == {"blit", "geom", "color", "filter", "noise", "cutout",
+                                  "bg", "bgc", "bgcf", "bgcfn", "bgcfnc"}
+    assert AUGPIPE_SPECS["blit"] == dict(xflip=1, rotate90=1, xint=1)
+    assert AUGPIPE_SPECS["geom"] == dict(scale=1, rotate=1, aniso=1, xfrac=1)
+    assert AUGPIPE_SPECS["color"] == dict(brightness=1, contrast=1, lumaflip=1, hue=1, saturation=1)
+    assert AUGPIPE_SPECS["bgcfnc"] == dict(**AUGPIPE_SPECS["bgc"], imgfilter=1, noise=1, cutout=1)
+    assert AUGPIPE_SPECS["bgcfn"] == dict(**AUGPIPE_SPECS["bgc"], imgfilter=1, noise=1)
     for spec in AUGPIPE_SPECS.values():
         AugmentPipe(**spec)  # every preset constructs
 
@@ -140,12 +140,12 @@ def test_module_imports_only_what_the_official_loader_has():
             names.update(a.name for a in node.names)
         elif isinstance(node, ast.ImportFrom):
             names.add(node.module)
-    allowed = ('__future__', 'numpy', 'torch', 'torch.nn.functional', 'torch_utils', 'dnnlib')
-    assert all(n in allowed or n.startswith(('torch_utils.', 'dnnlib.')) for n in names), names
+    allowed = ("__future__", "numpy", "torch", "torch.nn.functional", "torch_utils", "dnnlib")
+    assert all(n in allowed or n.startswith(("torch_utils.", "dnnlib.")) for n in names), names
 
 
 def test_persistent_and_picklable():
-    pipe = _pipe(0.3, **AUGPIPE_SPECS['bgcf'])
+    pipe = _pipe(0.3, **AUGPIPE_SPECS["bgcf"])
     assert persistence.is_persistent(pipe)
     clone = pickle.loads(pickle.dumps(pipe))
     assert float(clone.p) == pytest.approx(0.3) and clone.imgfilter == 1.0
@@ -159,7 +159,7 @@ def test_persistent_and_picklable():
 # ---------------------------------------------------------------------------------------------------------------------
 # Identity and exact references
 
-@pytest.mark.parametrize('spec', sorted(AUGPIPE_SPECS))
+@pytest.mark.parametrize("spec", sorted(AUGPIPE_SPECS))
 def test_p_zero_returns_the_input(spec):
     x = _images(height=32, width=32)
     y = _pipe(0.0, **AUGPIPE_SPECS[spec])(x)
@@ -177,12 +177,12 @@ def test_nothing_enabled_is_exactly_the_input():
 def _shift_reflect(x: torch.Tensor, tx: int, ty: int) -> torch.Tensor:
     """Content moved by (tx, ty) pixels, the uncovered border filled by mirror reflection."""
     pad = max(abs(tx), abs(ty)) + 1
-    padded = F.pad(x, [pad] * 4, mode='reflect')
+    padded = F.pad(x, [pad] * 4, mode="reflect")
     h, w = x.shape[2:]
     return padded[:, :, pad - ty:pad - ty + h, pad - tx:pad - tx + w]
 
 
-@pytest.mark.parametrize('q', [0.05, 0.3, 0.5, 0.62, 0.95])
+@pytest.mark.parametrize("q", [0.05, 0.3, 0.5, 0.62, 0.95])
 def test_integer_translation_is_an_exact_shift(q):
     x = _images(height=16, width=24)
     y = _pipe(xint=1)(x, debug_percentile=q)
@@ -209,7 +209,7 @@ def _dihedral(x: torch.Tensor, flip: int, quarter_turns: int) -> torch.Tensor:
     return torch.rot90(x.flip(3) if flip else x, quarter_turns, dims=(2, 3))
 
 
-@pytest.mark.parametrize('q', [0.1, 0.3, 0.55, 0.8])
+@pytest.mark.parametrize("q", [0.1, 0.3, 0.55, 0.8])
 def test_flip_and_quarter_turns_with_debug_percentile(q):
     x = _smooth_images()
     y = _pipe(xflip=1, rotate90=1)(x, debug_percentile=q)
@@ -234,7 +234,7 @@ def test_random_blits_are_each_one_dihedral_image():
 
 def test_blit_composition_flip_rotate_translate():
     x = _smooth_images(size=32)
-    y = _pipe(**AUGPIPE_SPECS['blit'])(x, debug_percentile=0.8)  # flip, 3 quarter turns, shift round(0.6 * 4)
+    y = _pipe(**AUGPIPE_SPECS["blit"])(x, debug_percentile=0.8)  # flip, 3 quarter turns, shift round(0.6 * 4)
     want = _shift_reflect(_dihedral(x, 1, 3), 2, 2)
     assert float((y - want).abs().max()) < 0.02
 
@@ -243,9 +243,9 @@ def test_general_geometry_moves_content_and_keeps_constants():
     """An arbitrary rotation/scale of a constant image is the same constant (reflect padding, unit-DC filters)."""
     x = torch.full((2, 3, 16, 16), 0.37)
     torch.manual_seed(0)
-    y = _pipe(**AUGPIPE_SPECS['geom'])(x)
+    y = _pipe(**AUGPIPE_SPECS["geom"])(x)
     assert torch.allclose(y, x, atol=1e-5)
-    z = _pipe(**AUGPIPE_SPECS['geom'])(_smooth_images(), debug_percentile=0.9)
+    z = _pipe(**AUGPIPE_SPECS["geom"])(_smooth_images(), debug_percentile=0.9)
     assert float((z - _smooth_images()).abs().max()) > 0.1
 
 
@@ -254,7 +254,7 @@ def _erfinv(v: float) -> float:
     return float(torch.erfinv(torch.tensor(v, dtype=torch.float64)))
 
 
-@pytest.mark.parametrize('q', [0.2, 0.7])
+@pytest.mark.parametrize("q", [0.2, 0.7])
 def test_brightness_and_contrast(q):
     x = _images().double()
     b = _erfinv(2 * q - 1) * 0.2
@@ -305,7 +305,7 @@ def test_random_color_fires_with_probability_p():
 
 
 def test_color_rejects_two_channel_images():
-    with pytest.raises(ValueError, match='RGB .3 channels. or L .1 channel.'):
+    with pytest.raises(ValueError, match="RGB .3 channels. or L .1 channel."):
         _pipe(brightness=1)(_images(channels=2))
 
 
@@ -333,7 +333,7 @@ def test_band_filter_identity_and_dc_gain():
     assert torch.allclose(y, const * t * t / (1 + 10 * (t * t - 1) / 13), atol=1e-6)
 
 
-@pytest.mark.parametrize('bands', [(1, 1, 1, 1), (0, 1, 0, 1), (1, 0, 0, 0)])
+@pytest.mark.parametrize("bands", [(1, 1, 1, 1), (0, 1, 0, 1), (1, 0, 0, 0)])
 def test_band_filter_matches_a_naive_2d_filter(bands):
     """Reflect-pad, then the full 2-D kernel k k^T (k = gains @ bank) applied by direct summation in float64."""
     q = 0.8
@@ -341,7 +341,7 @@ def test_band_filter_matches_a_naive_2d_filter(bands):
     y = _pipe(imgfilter=1, imgfilter_bands=list(bands))(x, debug_percentile=q).double().numpy()
     k = _band_gains(q, bands) @ augment.octave_filter_bank(augment.SYM2_LOWPASS)
     kernel, pad = np.outer(k, k), k.size // 2
-    padded = np.pad(x.double().numpy(), [(0, 0), (0, 0), (pad, pad), (pad, pad)], mode='reflect')
+    padded = np.pad(x.double().numpy(), [(0, 0), (0, 0), (pad, pad), (pad, pad)], mode="reflect")
     ref = np.zeros_like(y)
     for i in range(k.size):
         for j in range(k.size):
@@ -350,7 +350,7 @@ def test_band_filter_matches_a_naive_2d_filter(bands):
 
 
 def test_band_filter_needs_large_enough_images():
-    with pytest.raises(ValueError, match='larger than 21x21'):
+    with pytest.raises(ValueError, match="larger than 21x21"):
         _pipe(imgfilter=1)(_images(height=16, width=16))
 
 
@@ -362,7 +362,7 @@ def test_noise_std():
     assert abs(float(y.std()) - sigma) < 0.05 * sigma and abs(float(y.mean())) < 0.05 * sigma
 
 
-@pytest.mark.parametrize('q', [0.2, 0.5, 0.9])
+@pytest.mark.parametrize("q", [0.2, 0.5, 0.9])
 def test_cutout_matches_a_naive_mask(q):
     x = _images(height=12, width=20)
     y = _pipe(cutout=1, cutout_size=0.4)(x, debug_percentile=q)
@@ -377,8 +377,8 @@ def test_cutout_matches_a_naive_mask(q):
 # ---------------------------------------------------------------------------------------------------------------------
 # Shapes, dtypes, determinism, gradients
 
-@pytest.mark.parametrize('spec', ['bgc', 'bgcfnc'])
-@pytest.mark.parametrize('shape', [(3, 3, 32, 32), (2, 1, 32, 48), (1, 3, 24, 40)])
+@pytest.mark.parametrize("spec", ["bgc", "bgcfnc"])
+@pytest.mark.parametrize("shape", [(3, 3, 32, 32), (2, 1, 32, 48), (1, 3, 24, 40)])
 def test_shapes_dtypes_and_determinism(spec, shape):
     x = _images(*shape)
     pipe = _pipe(0.7, **AUGPIPE_SPECS[spec])
@@ -393,29 +393,29 @@ def test_shapes_dtypes_and_determinism(spec, shape):
 
 
 def test_bad_input_is_a_clear_error():
-    with pytest.raises(ValueError, match='NCHW image tensor'):
+    with pytest.raises(ValueError, match="NCHW image tensor"):
         AugmentPipe(xflip=1)(torch.zeros(3, 8, 8))
-    with pytest.raises(ValueError, match='strictly between 0 and 1'):
+    with pytest.raises(ValueError, match="strictly between 0 and 1"):
         _pipe(scale=1)(_images(), debug_percentile=0.0)
 
 
 def test_gradients_flow_through_every_stage():
     x = _images(height=32, width=32).requires_grad_(True)
     torch.manual_seed(0)
-    y = _pipe(1.0, **AUGPIPE_SPECS['bgcfnc'])(x)
+    y = _pipe(1.0, **AUGPIPE_SPECS["bgcfnc"])(x)
     (g,) = torch.autograd.grad((y * torch.linspace(-1, 1, 32)).sum(), x)
     assert torch.isfinite(g).all() and float(g.abs().sum()) > 0
 
 
 @pytest.fixture
 def gradfix_on(monkeypatch):
-    monkeypatch.setattr(grid_sample_gradfix, 'enabled', True)
+    monkeypatch.setattr(grid_sample_gradfix, "enabled", True)
 
 
-@pytest.mark.usefixtures('gradfix_on')
+@pytest.mark.usefixtures("gradfix_on")
 def test_double_backward_gradcheck():
     """First and second derivatives of the (random but reseeded) pipe in float64, against finite differences."""
-    pipe = _pipe(1.0, **AUGPIPE_SPECS['bgc'])
+    pipe = _pipe(1.0, **AUGPIPE_SPECS["bgc"])
     x = _images(batch=1, height=8, width=8, dtype=torch.float64).requires_grad_(True)
 
     def run(inp):
@@ -426,14 +426,14 @@ def test_double_backward_gradcheck():
     assert torch.autograd.gradgradcheck(run, (x,), atol=1e-6)
 
 
-@pytest.mark.usefixtures('gradfix_on')
+@pytest.mark.usefixtures("gradfix_on")
 def test_r1_penalty_through_the_pipe():
     """R1 = |d D(aug(x)) / dx|^2 needs the second derivative; its gradient w.r.t. D's weights matches a finite
     difference."""
     torch.manual_seed(0)
     weight = (torch.randn(4, 3, 3, 3, dtype=torch.float64) * 0.3).requires_grad_(True)
     x = _images(batch=2, height=8, width=8, dtype=torch.float64).requires_grad_(True)
-    pipe = _pipe(1.0, **AUGPIPE_SPECS['bgc'])
+    pipe = _pipe(1.0, **AUGPIPE_SPECS["bgc"])
 
     def r1(w):
         torch.manual_seed(21)

@@ -11,7 +11,7 @@ from stylegan_rlo import best_snapshot, inception_weights, metrics
 from stylegan_rlo.launch import launch_training
 from stylegan_rlo.pickles import load_network_pkl
 from stylegan_rlo.training_config import TrainingOptionsError, setup_training_options
-from training_fixtures import TINY_COND, TINY_UNCOND, make_zip, one_thread  # noqa: F401
+from training_fixtures import TINY_COND, TINY_UNCOND, make_zip
 
 WEIGHTS = inception_weights.default_weights_path()
 

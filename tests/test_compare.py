@@ -16,10 +16,12 @@ from PIL import Image
 
 from stylegan_rlo import compare, inception_weights, metrics
 from stylegan_rlo.cli.compare_objectives import main as cli_main
-from stylegan_rlo.compare import CompareError, Objective, compare_objectives, parse_objectives, parse_seeds
+from stylegan_rlo.compare import CompareError, compare_objectives, parse_objectives, parse_seeds
+from stylegan_rlo.errors import UserError
+from stylegan_rlo.objectives import Objective
 from stylegan_rlo.pickles import load_network_pkl
 
-from training_fixtures import TINY_COND, TINY_UNCOND, make_zip, one_thread  # noqa: F401 (fixture)
+from training_fixtures import TINY_COND, TINY_UNCOND, make_zip
 
 METRICS = ["fid50k_full", "kid50k_full"]
 GRID = (2, 2)
@@ -73,18 +75,19 @@ def test_parse_objectives_and_seeds():
     assert objs == [Objective("logistic", None), Objective("rooted", 2.5)]
     assert [o.label for o in objs] == ["logistic", "rooted k=2.5"] and objs[1].slug == "rooted2.5"
     assert parse_objectives("rooted") == [Objective("rooted", 8.0)]
-    for bad, message in [("hinge", "expected one of"), ("rooted:x", "k must be a number"),
-                         ("rooted:0", "positive"), ("logistic:2", "takes no k"), ("rooted:8,rooted", "twice")]:
+    for bad, message in [("hinge", "expected one of"), ("rooted:x", "must be a number"),
+                         ("rooted:0", r"must lie in \[0.001, 1e\+07\]"), ("logistic:2", "only applies to the rooted"),
+                         ("rooted:8,rooted", "twice")]:
         with pytest.raises(CompareError, match=message):
             parse_objectives(bad)
     assert parse_seeds("0-2,7") == [0, 1, 2, 7]
     with pytest.raises(CompareError, match="repeats"):
         parse_seeds("1,1")
-    with pytest.raises(CompareError, match="bad seed list"):
+    with pytest.raises(UserError, match="bad seed list"):
         parse_seeds("a")
 
 
-def test_compare_end_to_end(tmp_path, weights, one_thread):  # noqa: F811 (fixture)
+def test_compare_end_to_end(tmp_path, weights, one_thread):
     data = make_zip(tmp_path / "train.zip", num=8, seed=0)
     ref = make_zip(tmp_path / "ref.zip", num=6, seed=1)
     outdir = str(tmp_path / "out")
@@ -92,7 +95,7 @@ def test_compare_end_to_end(tmp_path, weights, one_thread):  # noqa: F811 (fixtu
     summary = compare_objectives(
         network=str(TINY_UNCOND), data=data, ref=ref, objectives=[Objective("logistic"), Objective("rooted", 8.0)],
         seeds=[3], kimg=0.008, snap_kimg=0.008, outdir=outdir, metrics=METRICS, metrics_num=4, device="cpu",
-        train_options=dict(batch=4, workers=0, mirror=True), ema_kimg=0.002, grid=GRID, inception_weights=weights,
+        train_options=dict(batch=4, workers=0, mirror=True, ema_kimg=0.002), grid=GRID, inception_weights=weights,
         log=lines.append, show_progress=False)
 
     with open(os.path.join(outdir, "summary.json"), encoding="utf-8") as f:
@@ -108,7 +111,8 @@ def test_compare_end_to_end(tmp_path, weights, one_thread):  # noqa: F811 (fixtu
     start_stamps = set()
     for run in runs:
         opts = json.load(open(os.path.join(run["run_dir"], "training_options.json"), encoding="utf-8"))
-        assert (opts["loss"], opts["k"], opts["random_seed"], opts["ema_kimg"]) == (run["loss"], run["k"], 3, 0.002)
+        spec = run["loss"] if run["k"] is None else f"{run['loss']}:{run['k']:g}"
+        assert (opts["objective"], opts["random_seed"], opts["ema_kimg"]) == (spec, 3, 0.002)
         assert opts["batch_size"] == 4 and opts["training_set_kwargs"]["xflip"] is True
         stats = [json.loads(line) for line in open(os.path.join(run["run_dir"], "stats.jsonl"), encoding="utf-8")]
         for name in METRICS:
@@ -135,7 +139,13 @@ def test_compare_end_to_end(tmp_path, weights, one_thread):  # noqa: F811 (fixtu
         final = run["points"][-1]
         assert row == [run["loss"], "-" if run["k"] is None else "8", "3", "0.008", f"{final['fid50k_full']:.2f}",
                        f"{final['kid50k_full']:.4f}", f"{round(final['wall_sec'])} s"]
-    assert "Mean over seeds" not in md  # one seed only
+    # One seed: means without sd, the paired difference over one seed without an interval.
+    means = _table_rows(md, "Mean ± sd over seeds, per snapshot")
+    assert [r[:3] for r in means] == [["logistic", "0", "1"], ["logistic", "0.008", "1"], ["rooted k=8", "0", "1"],
+                                      ["rooted k=8", "0.008", "1"]]
+    diff = runs[1]["points"][-1]["fid50k_full"] - runs[0]["points"][-1]["fid50k_full"]
+    paired = _table_rows(md, "Paired difference: rooted k=8 minus logistic (same seeds: 3)")
+    assert paired[0][:3] == ["0.008", "1", f"{diff:.2f} [-, -]"]
 
     # Best snapshot (by default the first metric): one snapshot per run here, so it is also the last.
     assert summary["config"]["best_metric"] == "fid50k_full"
@@ -175,7 +185,7 @@ def test_compare_end_to_end(tmp_path, weights, one_thread):  # noqa: F811 (fixtu
     (["--kimg", "4", "--snap-kimg", "0.5"], "named by whole kimg"),
     (["--metrics", "is50k"], "Inception Score is not offered"),
     (["--metrics-num", "1"], "at least 2"),
-    (["--ema-kimg", "-1"], "ema-kimg must be a positive"),
+    (["--ema-kimg", "-1"], "--ema-kimg must be a finite number > 0, got -1.0"),
     (["--network", "/nonexistent/net.pkl"], "file not found"),
     (["--ref", "/nonexistent/ref.zip"], "--ref /nonexistent/ref.zip"),
     (["--metric-data", "/nonexistent/ref.zip"], "--ref /nonexistent/ref.zip"),  # the same option
@@ -204,7 +214,7 @@ def test_channel_mismatch_is_refused(tmp_path):
 
 
 @pytest.mark.slow
-def test_compare_seeds_and_snapshots_slow(tmp_path, weights, one_thread):  # noqa: F811 (fixture)
+def test_compare_seeds_and_snapshots_slow(tmp_path, weights, one_thread):
     """Two objectives x two seeds, two evaluated snapshots each: ordering, wall times, the mean-over-seeds table."""
     data = make_zip(tmp_path / "train.zip", num=8, seed=0)
     ref = make_zip(tmp_path / "ref.zip", num=6, seed=1)
@@ -224,9 +234,9 @@ def test_compare_seeds_and_snapshots_slow(tmp_path, weights, one_thread):  # noq
         for name in METRICS:
             assert [r["results"][name] for r in _records(run["run_dir"], name)] == [p[name] for p in run["points"]]
     md = open(os.path.join(outdir, "summary.md"), encoding="utf-8").read()
-    means = _table_rows(md, "Mean over seeds (final snapshots)")
+    means = [r for r in _table_rows(md, "Mean ± sd over seeds, per snapshot") if r[1] == "2"]
     for row, group in zip(means, (runs[:2], runs[2:])):
-        assert row[:3] == [group[0]["loss"], "-" if group[0]["k"] is None else "2", "2"]
+        assert row[:3] == [group[0]["objective"], "2", "2"]
         fid = np.array([g["points"][-1]["fid50k_full"] for g in group], dtype=np.float64)
         sd = np.sqrt(((fid - fid.mean()) ** 2).sum() / (len(fid) - 1))
         assert row[3] == f"{fid.mean():.2f} ± {sd:.2f}"

@@ -366,4 +366,4 @@ def test_cli_end_to_end_and_errors(tmp_path):
                                       '--resolution', '30'])
     assert result.exit_code == 2 and 'power of two' in result.output
     result = runner.invoke(cli_main, ['--source', str(tmp_path / 'missing'), '--dest', str(tmp_path / 'p.zip')])
-    assert result.exit_code == 1 and 'source not found' in result.output
+    assert result.exit_code == 2 and 'Error: ' in result.output and 'source not found' in result.output

@@ -8,14 +8,15 @@ from click.testing import CliRunner
 
 from stylegan_rlo import demo
 from stylegan_rlo.cli.demo import main as cli_main
+from stylegan_rlo.errors import UserError
 
 
 def test_missing_source_model_is_explained(tmp_path):
     missing = str(tmp_path / "demo-source.pkl")
-    with pytest.raises(demo.DemoError, match="pretrain_demo_source.sh"):
+    with pytest.raises(UserError, match="pretrain_demo_source.sh"):
         demo.run_demo(str(tmp_path / "out"), network=missing, log=lambda _m: None)
     result = CliRunner().invoke(cli_main, ["--network", missing, "--outdir", str(tmp_path / "out")])
-    assert result.exit_code == 1 and "not found" in result.output
+    assert result.exit_code == 2 and "Error: " in result.output and "not found" in result.output
     assert not (tmp_path / "out").exists()
 
 

@@ -10,7 +10,7 @@ from stylegan_rlo.cli.train import main
 from stylegan_rlo.launch import launch_training
 from stylegan_rlo.pickles import load_network_pkl
 from stylegan_rlo.training_config import TrainingOptionsError, setup_training_options
-from training_fixtures import TINY_UNCOND, make_zip, one_thread  # noqa: F401
+from training_fixtures import TINY_UNCOND, make_zip
 
 
 def options(tmp_path, **opts):
@@ -29,10 +29,10 @@ def test_defaults_and_overrides(tmp_path):
 
 
 @pytest.mark.parametrize("opts,words", [
-    (dict(ema_kimg=0), "--ema-kimg must be a positive number"),
-    (dict(ema_kimg=float("nan")), "--ema-kimg must be a positive number"),
-    (dict(ema_rampup="abc"), "--ema-rampup must be a positive number or 'none'"),
-    (dict(ema_rampup=-0.5), "--ema-rampup must be a positive number or 'none'"),
+    (dict(ema_kimg=0), "--ema-kimg must be a finite number > 0, got 0"),
+    (dict(ema_kimg=float("nan")), "--ema-kimg must be a finite number > 0, got nan"),
+    (dict(ema_rampup="abc"), "--ema-rampup must be a number or 'none', got 'abc'"),
+    (dict(ema_rampup=-0.5), "--ema-rampup must be a finite number > 0 or 'none', got -0.5"),
 ])
 def test_bad_values_are_refused(tmp_path, opts, words):
     with pytest.raises(TrainingOptionsError, match=words):

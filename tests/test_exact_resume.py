@@ -13,7 +13,7 @@ from stylegan_rlo import training_state
 from stylegan_rlo.launch import launch_training
 from stylegan_rlo.pickles import load_network_pkl
 from stylegan_rlo.training_config import setup_training_options
-from training_fixtures import TINY_UNCOND, make_zip, one_thread  # noqa: F401
+from training_fixtures import TINY_UNCOND, make_zip
 
 ITERS = 6  # batch 4: 24 images; the resumed half starts at batch_idx 3 (ADA adjusts at 4, G regularizes at 4)
 
@@ -61,7 +61,7 @@ def test_split_run_with_training_state_equals_straight_run(tmp_path, one_thread,
     assert options.resume_state == state_file
     resumed = launch_training(desc, options, str(tmp_path / "resumed"), show_progress=False, image_grid=(2, 2))
     with open(os.path.join(resumed, "log.txt"), encoding="utf-8") as f:
-        assert f"Restored the training state from \"{state_file}\"" in f.read()
+        assert f'Restored the training state from "{state_file}"' in f.read()
     _, end_straight = final_snapshot(straight)
     _, end_resumed = final_snapshot(resumed)
     assert end_resumed["progress"] == end_straight["progress"]

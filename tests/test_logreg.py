@@ -15,6 +15,8 @@ pytest.importorskip("sklearn")
 
 from stylegan_rlo import logreg  # noqa: E402
 from stylegan_rlo.cli.rlo_logreg import main as cli_main  # noqa: E402
+from stylegan_rlo.errors import UserError  # noqa: E402
+from stylegan_rlo.objectives import Objective  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +41,7 @@ def test_load_wine_binary_split_and_standardization(data):
 
 def test_missing_sklearn_is_a_clear_error(monkeypatch):
     monkeypatch.setitem(sys.modules, "sklearn.datasets", None)  # makes the import raise ImportError
-    with pytest.raises(logreg.LogRegError, match="pip install scikit-learn"):
+    with pytest.raises(UserError, match="pip install scikit-learn"):
         logreg.load_wine_binary()
 
 
@@ -47,7 +49,7 @@ def test_missing_sklearn_is_a_clear_error(monkeypatch):
 def test_first_step_and_histories(data, objective, k):
     """At w = 0 every margin is 0 and l'(0) = -2^(1/k) / 2 (k -> infinity: -1/2), so step one is closed-form."""
     lr = 0.3
-    run = logreg.gradient_descent(data, objective, k, iters=1, lr=lr)
+    run = logreg.gradient_descent(data, Objective(objective, k), iters=1, lr=lr)
     slope = 0.5 * (2.0 ** (1.0 / k) if k else 1.0)
     expected = lr * slope * (data.y_train[:, None] * data.x_train).mean(dim=0)
     assert torch.allclose(run.w, expected, rtol=1e-12, atol=1e-15)
@@ -59,7 +61,7 @@ def test_first_step_and_histories(data, objective, k):
 
 @pytest.mark.parametrize("objective,k", [("logistic", None), ("rooted", 2.0)])
 def test_gradient_descent_decreases_its_objective(data, objective, k):
-    run = logreg.gradient_descent(data, objective, k, iters=60, lr=0.1)
+    run = logreg.gradient_descent(data, Objective(objective, k), iters=60, lr=0.1)
     obj = np.array(run.objective_value)
     assert (np.diff(obj) <= 1e-15).all()
     assert run.train_accuracy[-1] > 0.9 and 0 <= run.test_accuracy <= 1
@@ -84,7 +86,8 @@ def test_hessian_condition_number_matches_closed_form(data, k):
     w = torch.linspace(-0.5, 0.5, 14, dtype=torch.float64)
     h = _analytic_hessian(data.x_train, data.y_train, w, k)
     eig = np.linalg.eigvalsh(h)
-    got = logreg.hessian_condition_number(data.x_train, data.y_train, w, "logistic" if k is None else "rooted", k)
+    got = logreg.hessian_condition_number(data.x_train, data.y_train, w,
+                                          Objective("logistic" if k is None else "rooted", k))
     assert got == pytest.approx(eig[-1] / eig[0], rel=1e-8)
 
 
@@ -98,13 +101,13 @@ def test_first_reach():
 
 def test_run_experiment_table_and_plot(data, tmp_path):
     runs = logreg.run_experiment(data, ks=(2, 10), iters=5, lr=0.1)
-    assert [r.label for r in runs] == ["logistic", "rooted k=2", "rooted k=10"]
+    assert [r.objective.label for r in runs] == ["logistic", "rooted k=2", "rooted k=10"]
     table = logreg.format_table(runs, loss_target=1e-9, acc_target=0.5)
     rows = table.splitlines()
     assert len(rows) == 5 and rows[0].startswith("| objective |")
     for r, row in zip(runs, rows[2:]):
         cells = [c.strip() for c in row.strip("|").split("|")]
-        assert cells[0] == r.label and cells[1] == "never"
+        assert cells[0] == r.objective.label and cells[1] == "never"
         assert cells[2] == str(logreg.first_reach(r.train_accuracy, 0.5, below=False))
         assert float(cells[6]) == pytest.approx(r.hessian_cond, rel=1e-3)
     out = tmp_path / "plots" / "logreg.png"
@@ -116,10 +119,10 @@ def test_run_experiment_table_and_plot(data, tmp_path):
 def test_bad_settings():
     d = logreg.BinaryData(torch.ones(2, 2, dtype=torch.float64), torch.ones(2, dtype=torch.float64),
                           torch.ones(0, 2, dtype=torch.float64), torch.ones(0, dtype=torch.float64))
-    with pytest.raises(logreg.LogRegError, match="lr > 0"):
-        logreg.gradient_descent(d, "logistic", None, iters=3, lr=0.0)
-    with pytest.raises(ValueError, match="unknown objective"):
-        logreg.gradient_descent(d, "hinge", None, iters=3, lr=0.1)
+    with pytest.raises(UserError, match="lr > 0"):
+        logreg.gradient_descent(d, Objective("logistic"), iters=3, lr=0.0)
+    with pytest.raises(UserError, match="unknown objective"):
+        Objective.parse("hinge")
 
 
 def test_cli(tmp_path):
@@ -128,4 +131,4 @@ def test_cli(tmp_path):
     assert res.exit_code == 0, res.output
     assert "| rooted k=5 |" in res.output and "| logistic |" in res.output and out.exists()
     bad = CliRunner().invoke(cli_main, ["--iters", "3", "--ks", "2,-1", "--out", str(out)])
-    assert bad.exit_code == 2 and "roots k > 0" in bad.output
+    assert bad.exit_code == 2 and "must lie in [0.001, 1e+07]" in bad.output

@@ -7,6 +7,7 @@ import torch
 
 from stylegan_rlo import networks
 from stylegan_rlo.loss import StyleGAN2Loss
+from stylegan_rlo.objectives import Objective
 from torch_utils.ops import conv2d_gradfix, grid_sample_gradfix
 
 RES, Z, BATCH = 16, 16, 4
@@ -76,7 +77,7 @@ def assert_grads_close(actual, expected, rtol=1e-4, atol=1e-6):
 def test_discriminator_main_terms_and_gradients(name, k):
     G, D = make_nets()
     real, z, c = inputs()
-    loss = StyleGAN2Loss("cpu", G, D, objective=name, k=k, style_mixing_prob=0, r1_gamma=0)
+    loss = StyleGAN2Loss("cpu", G, D, objective=Objective(name, k), style_mixing_prob=0, r1_gamma=0)
     D.requires_grad_(True)
     torch.manual_seed(5)
     terms = loss.accumulate_gradients("Dmain", real, c, z, c, sync=True, gain=1)
@@ -102,7 +103,7 @@ def test_discriminator_main_terms_and_gradients(name, k):
 def test_generator_main_term_and_gradients(name, k):
     G, D = make_nets()
     _, z, c = inputs()
-    loss = StyleGAN2Loss("cpu", G, D, objective=name, k=k, style_mixing_prob=0, pl_weight=0)
+    loss = StyleGAN2Loss("cpu", G, D, objective=Objective(name, k), style_mixing_prob=0, pl_weight=0)
     G.requires_grad_(True)
     torch.manual_seed(7)
     terms = loss.accumulate_gradients("Gmain", None, None, z, c, sync=True, gain=3)
@@ -124,7 +125,7 @@ def test_objective_switch_changes_only_the_adversarial_value():
     for name, k in [("logistic", None), ("rooted", 8.0)]:
         G, D = make_nets()
         _, z, c = inputs()
-        loss = StyleGAN2Loss("cpu", G, D, objective=name, k=k, style_mixing_prob=0)
+        loss = StyleGAN2Loss("cpu", G, D, objective=Objective(name, k), style_mixing_prob=0)
         G.requires_grad_(True)
         torch.manual_seed(3)
         results[name] = loss.accumulate_gradients("Gmain", None, None, z, c, sync=True, gain=1)

@@ -118,7 +118,8 @@ def test_metric_names():
 
 def test_misspelled_fidelity_option_is_refused():
     with pytest.raises(TypeError, match="feature_extractor_weight_path"):
-        metrics._call_fidelity(input1=None, fid=True, feature_extractor_weight_path=WEIGHTS)
+        metrics._call_fidelity(torch_fidelity.calculate_metrics, input1=None, fid=True,
+                               feature_extractor_weight_path=WEIGHTS)
 
 
 def test_grayscale_dataset_is_repeated_to_rgb(tmp_path):

@@ -11,6 +11,9 @@ import torch
 from hypothesis import given, settings, strategies as st
 
 from stylegan_rlo import objectives as obj
+from stylegan_rlo.errors import UserError
+
+RANGE = r"must lie in \[0.001, 1e\+07\]"  # the message of a root outside obj.K_RANGE
 
 KS = [0.1, 0.5, 1.0, 2.0, 5.0, 8.0, 10.0, 100.0, 1e3, 1e7]
 LIMIT = obj.ROOT_EXP_LIMIT
@@ -257,8 +260,8 @@ def test_get_objective():
 @pytest.mark.parametrize("name,k,match", [
     ("hinge", None, "unknown objective 'hinge'"),
     ("rooted", None, "needs a root k"),
-    ("rooted", 0.0, "k must be finite and > 0"),
-    ("rooted", -2.0, "k must be finite and > 0"),
+    ("rooted", 0.0, RANGE),
+    ("rooted", -2.0, RANGE),
     ("rooted", float("inf"), "use 'logistic'"),
     ("rooted", "eight", "k must be a number"),
 ])
@@ -268,7 +271,7 @@ def test_get_objective_errors(name, k, match):
 
 
 def test_rooted_logistic_rejects_bad_k():
-    with pytest.raises(ValueError, match="k must be finite and > 0"):
+    with pytest.raises(ValueError, match=RANGE):
         obj.rooted_logistic(torch.zeros(3), float("nan"))
 
 
@@ -316,7 +319,8 @@ def test_cross_entropy_large_k_tends_to_ordinary_cross_entropy():
     ce = torch.nn.functional.cross_entropy(logits, target)
     assert obj.rooted_cross_entropy(logits, target, 1e7).item() == pytest.approx(ce.item(), rel=1e-6)
     # The paper form scaled by k tends to the same thing: k (1 - p^(1/k)) -> -log p.
-    assert obj.rooted_cross_entropy(logits, target, 1e7, form="paper", m=1e7).item() == pytest.approx(ce.item(), rel=1e-6)
+    paper = obj.rooted_cross_entropy(logits, target, 1e7, form="paper", m=1e7)
+    assert paper.item() == pytest.approx(ce.item(), rel=1e-6)
 
 
 def test_cross_entropy_spatial_dims_and_extreme_logits():
@@ -346,7 +350,7 @@ def test_cross_entropy_half_precision():
 @pytest.mark.parametrize("kwargs,match", [
     (dict(form="focal"), "unknown rooted cross-entropy form 'focal'"),
     (dict(reduction="avg"), "unknown reduction 'avg'"),
-    (dict(k=0.0), "k must be finite and > 0"),
+    (dict(k=0.0), RANGE),
     (dict(target=torch.tensor([0, 3])), r"must lie in \[0, 2\]"),
     (dict(target=torch.tensor([0.0, 1.0])), "integer class indices"),
     (dict(target=torch.tensor([0, 1, 2])), "does not match logits"),
@@ -373,5 +377,64 @@ def test_modules_match_functions():
     assert "k=3.0" in repr(mod)
     with pytest.raises(ValueError, match="unknown reduction"):
         obj.RootedLogisticLoss(2.0, reduction="max")
-    with pytest.raises(ValueError, match="k must be finite"):
+    with pytest.raises(ValueError, match=RANGE):
         obj.RootedCrossEntropyLoss(-1.0)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The Objective value type and the range of k
+
+
+@pytest.mark.parametrize("text,name,k,label,slug", [
+    ("logistic", "logistic", None, "logistic", "logistic"),
+    ("rooted", "rooted", 8.0, "rooted k=8", "rooted8"),
+    ("rooted:2.5", "rooted", 2.5, "rooted k=2.5", "rooted2.5"),
+    (" rooted:1e3", "rooted", 1000.0, "rooted k=1000", "rooted1000"),
+])
+def test_objective_parse_label_slug_spec(text, name, k, label, slug):
+    o = obj.Objective.parse(text)
+    assert (o.name, o.k, o.label, o.slug) == (name, k, label, slug)
+    assert obj.Objective.parse(o.spec) == o and obj.Objective.parse(o) is o
+    z = torch.linspace(-30, 30, 61, dtype=torch.float64)
+    want = obj.logistic(z) if k is None else obj.rooted_logistic(z, k)
+    assert torch.equal(o.function(z), want)
+
+
+@pytest.mark.parametrize("text,match", [
+    ("hinge", "unknown objective 'hinge'"),
+    ("logistic:2", "only applies to the rooted"),
+    ("rooted:x", "must be a number"),
+    ("rooted:0", RANGE),
+    ("rooted:1e308", RANGE),
+    ("rooted:inf", "use 'logistic'"),
+    ("rooted:nan", RANGE),
+])
+def test_objective_parse_errors_are_user_errors(text, match):
+    with pytest.raises(UserError, match=match):
+        obj.Objective.parse(text)
+
+
+EXTREME_KS = [5e-324, 1e-300, 1e-45, 1e-8, 1e-4, obj.K_MIN, 0.03, 1.0, 1e4, obj.K_MAX, 1e8, 1e30, 1e38, 1e308,
+              1.7976931348623157e308]
+
+
+@pytest.mark.parametrize("k", EXTREME_KS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_every_finite_k_gives_finite_values_or_is_refused(k, dtype):
+    """Issue: k = 1e308 trained NaN losses (k is inf in float32), k = 1e-300 made every gradient non-finite. Every
+    finite k > 0 is either refused with the documented range or gives finite values (float32 and float16 logits) and
+    finite float32 gradients over the logits a discriminator can produce."""
+    if not obj.K_MIN <= k <= obj.K_MAX:
+        for make in (lambda: obj.Objective("rooted", k), lambda: obj.rooted_logistic(torch.zeros(2), k),
+                     lambda: obj.RootedLogisticLoss(k)):
+            with pytest.raises(UserError, match=RANGE):
+                make()
+        return
+    big = min(torch.finfo(dtype).max, 1e6)
+    z = torch.tensor([-big, -1e3, -60.0, -20.0, -1.0, -1e-6, 0.0, 1e-6, 1.0, 20.0, 60.0, 1e3, big],
+                     dtype=dtype).requires_grad_(True)
+    value = obj.Objective("rooted", k).function(z)
+    (grad,) = torch.autograd.grad(value.sum(), z)
+    assert value.dtype == torch.float32 and torch.isfinite(value).all() and (value >= 0).all(), (k, value)
+    if dtype == torch.float32:  # (a float16 input gets a float16 gradient, which overflows past 65504 for any k)
+        assert torch.isfinite(grad).all() and (grad <= 0).all(), (k, grad)

@@ -606,7 +606,8 @@ def test_safe_globals_are_the_documented_few():
         "torch_utils.persistence._reconstruct_persistent_obj", "dnnlib.util.EasyDict", "collections.OrderedDict",
         "builtins.set", "builtins.frozenset", "torch._utils._rebuild_tensor_v2", "torch._utils._rebuild_parameter",
         "torch._utils._rebuild_parameter_with_state", "torch.storage._load_from_bytes",
-        "numpy.core.multiarray.scalar", "numpy._core.multiarray.scalar", "numpy.dtype"}
+        "numpy.core.multiarray.scalar", "numpy._core.multiarray.scalar", "numpy.dtype",
+        "builtins.dict", "_codecs.encode", "copyreg._reconstructor"}  # protocol 0-2 pickles (restricted wrappers)
 
 
 # ---------------------------------------------------------------------------------------------------------------

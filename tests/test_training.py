@@ -21,9 +21,8 @@ from stylegan_rlo.pickles import load_network_pkl
 from stylegan_rlo.stats import StatsAccumulator, fan_out
 from stylegan_rlo.training_config import setup_training_options
 from stylegan_rlo.training_loop import _next_batch
-from stylegan_rlo.training_step import build_phases, ema_beta, run_phases, sanitize_gradients_, update_ema
-from training_fixtures import (TINY_COND, TINY_UNCOND, ddp_rank_worker, make_zip, one_thread,  # noqa: F401
-                               subprocess_env)
+from stylegan_rlo.training_step import Batch, TrainingStep, build_phases, ema_beta, sanitize_gradients_, update_ema
+from training_fixtures import TINY_COND, TINY_UNCOND, ddp_rank_worker, make_zip, subprocess_env
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -47,7 +46,7 @@ def test_lazy_regularization_phases_use_the_mb_ratio_correction():
 
 
 class RecordingLoss:
-    """Stands in for StyleGAN2Loss to observe what run_phases asks for (phase, rows, sync, gain, which z)."""
+    """Stands in for StyleGAN2Loss to observe what TrainingStep.run_phases asks for (phase, rows, sync, gain, z)."""
 
     def __init__(self):
         self.calls = []
@@ -62,11 +61,13 @@ def test_run_phases_schedule_rounds_sync_and_gain():
     loss, stats = RecordingLoss(), StatsAccumulator()
     batch, batch_gpu = 8, 4
     gen_z = torch.arange(len(phases) * batch, dtype=torch.float32)[:, None].repeat(1, 3)  # row index as value
+    step = TrainingStep(phases, loss, G=G, G_ema=G, batch_gpu=batch_gpu, num_gpus=1, ema_kimg=10, ema_rampup=None,
+                        report=stats.report)
     schedule = {}
     for batch_idx in range(17):
         loss.calls.clear()
-        run_phases(phases, loss, batch_idx, torch.zeros(batch, 3), torch.zeros(batch, 0), gen_z,
-                   torch.zeros(len(phases) * batch, 0), batch_gpu, 1, stats.report)
+        step.run_phases(Batch(torch.zeros(batch, 3), torch.zeros(batch, 0), gen_z, torch.zeros(len(phases) * batch, 0)),
+                        batch_idx)
         schedule[batch_idx] = sorted({c[0] for c in loss.calls})
         for phase_idx, phase in enumerate(phases):
             rounds = [c for c in loss.calls if c[0] == phase.name]
@@ -177,7 +178,7 @@ def test_resume_official_pickle_then_our_snapshot(tmp_path, one_thread, loss, k,
         assert os.path.isfile(os.path.join(run1, name)), name
     with open(os.path.join(run1, "training_options.json"), encoding="utf-8") as f:
         options = json.load(f)
-    assert options["loss"] == loss and options["k"] == k
+    assert options["objective"] == {"logistic": "logistic", "rooted": "rooted:8"}[loss]
     assert "tick 0" in open(os.path.join(run1, "log.txt"), encoding="utf-8").read()
 
     stats1 = read_stats(run1)  # a fresh start reports after its first iteration, then every 4 images

@@ -1,4 +1,5 @@
-"""Helpers shared by the training tests: tiny PNG datasets written with PIL, and single-threaded torch."""
+"""Helpers shared by the training tests: the fixture pickles, tiny PNG datasets written with PIL, subprocess settings
+and the spawned-rank worker (a module-level function, so that it pickles). Fixtures live in conftest.py."""
 
 from __future__ import annotations
 
@@ -9,7 +10,6 @@ import pathlib
 import zipfile
 
 import numpy as np
-import pytest
 import torch
 from PIL import Image
 
@@ -32,15 +32,6 @@ def make_zip(path: str | os.PathLike, num: int = 8, res: int = 32, channels: int
             labels = [[f"img{i:05d}.png", i % classes] for i in range(num)]
             zf.writestr("dataset.json", json.dumps({"labels": labels}))
     return os.fspath(path)
-
-
-@pytest.fixture
-def one_thread():
-    """The test machine is shared: one torch thread (restored afterwards)."""
-    saved = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(saved)
 
 
 def subprocess_env() -> dict:

