@@ -89,17 +89,18 @@ class ImageFolderDataset(torch.utils.data.Dataset):
                              else list(self._raw_labels.shape[1:]))
 
         # Subset and mirrors, indexed exactly like the official dataset so seeds select the same images.
-        self._raw_idx = np.arange(len(self._image_names), dtype=np.int64)
+        order = np.arange(len(self._image_names), dtype=np.int64)
         if max_size is not None:
             if max_size < 1:
                 raise DatasetError(f"max_size must be at least 1, got {max_size}")
-            if self._raw_idx.size > max_size:
-                np.random.RandomState(random_seed).shuffle(self._raw_idx)
-                self._raw_idx = np.sort(self._raw_idx[:max_size])
-        self._xflip = np.zeros(self._raw_idx.size, dtype=np.uint8)
-        if xflip:
-            self._raw_idx = np.tile(self._raw_idx, 2)
-            self._xflip = np.concatenate([self._xflip, np.ones_like(self._xflip)])
+            if order.size > max_size:  # a seeded shuffle, then the first max_size kept in file order
+                np.random.RandomState(random_seed).shuffle(order)
+                order = np.sort(order[:max_size])
+        flips = np.zeros(order.size, dtype=np.uint8)
+        if xflip:  # every image once as stored, then once mirrored
+            order = np.concatenate([order, order])
+            flips = np.concatenate([flips, np.ones_like(flips)])
+        self._raw_idx, self._xflip = order, flips
 
     # ---- file access -------------------------------------------------------------------------------------------
 
