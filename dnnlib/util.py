@@ -19,22 +19,19 @@ _URL_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 
 
 class EasyDict(dict):
-    """A dict whose keys can also be read and written as attributes (`d.key` is `d['key']`)."""
+    """A dict whose keys double as attributes: `d.key` reads, sets and deletes `d['key']`."""
+
+    __setattr__ = dict.__setitem__
 
     def __getattr__(self, name: str) -> Any:
-        try:
+        if name in self:
             return self[name]
-        except KeyError:
-            raise AttributeError(name) from None
-
-    def __setattr__(self, name: str, value: Any) -> None:
-        self[name] = value
+        raise AttributeError(name)  # keeps getattr(d, name, default) and hasattr() working
 
     def __delattr__(self, name: str) -> None:
-        try:
-            del self[name]
-        except KeyError:
-            raise AttributeError(name) from None
+        if name not in self:
+            raise AttributeError(name)
+        del self[name]
 
 
 def make_cache_dir_path(*paths: str) -> str:

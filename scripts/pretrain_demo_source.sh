@@ -14,5 +14,6 @@ export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
 $PY -c "from stylegan_rlo.demo_data import build_demo_datasets; build_demo_datasets('.cache/demo-data', '.cache/demo-wheel')"
 last=$(ls -t runs/demo-source/*/network-snapshot-*.pkl 2>/dev/null | head -n 1 || true)
 $PY scripts/train.py --data .cache/demo-data/source.zip --outdir runs/demo-source --desc pretrain \
-    --cfg auto --cbase 4096 --cmax 64 --map-depth 2 --batch 32 --gamma 1 --mirror 1 --aug ada \
+    --cfg auto --cbase 4096 --cmax 64 --map-depth 2 --batch 32 --gamma 0.1 --mbstd-group 32 --glr 0.001 --dlr 0.001 \
+    --mirror 1 --aug ada \
     --kimg "$KIMG" --tick 2 --snap 2 --seed 0 --device cpu --workers 1 --loss logistic ${last:+--resume "$last"}

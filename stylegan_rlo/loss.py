@@ -165,12 +165,13 @@ class StyleGAN2Loss:
         with conv2d_gradfix.no_weight_gradients():
             pl_grads, = torch.autograd.grad(outputs=[(gen_img * pl_noise).sum()], inputs=[gen_ws],
                                             create_graph=True, only_inputs=True)
-        pl_lengths = pl_grads.square().sum(2).mean(1).sqrt()
-        pl_mean = self.pl_mean.lerp(pl_lengths.mean(), self.pl_decay)
-        self.pl_mean.copy_(pl_mean.detach())
-        pl_penalty = (pl_lengths - pl_mean).square()
-        report("Loss/pl_penalty", pl_penalty)
-        loss_Gpl = pl_penalty * self.pl_weight
+        # Per sample: the gradient's squared norm over w_dim, averaged over the ws, then its root.
+        lengths = pl_grads.pow(2).sum(dim=2).mean(dim=1).sqrt()
+        running = torch.lerp(self.pl_mean, lengths.mean(), self.pl_decay)
+        self.pl_mean.copy_(running.detach())
+        penalty = (lengths - running) ** 2
+        report("Loss/pl_penalty", penalty)
+        loss_Gpl = penalty * self.pl_weight
         report("Loss/G/reg", loss_Gpl)
         # The zero-weighted image term keeps every synthesis output in the graph (DDP needs all parameters used).
         (gen_img[:, 0, 0, 0] * 0 + loss_Gpl).mean().mul(gain).backward()

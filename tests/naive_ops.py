@@ -34,7 +34,7 @@ def naive_upfirdn2d(x: torch.Tensor, kernel: torch.Tensor, up=(1, 1), down=(1, 1
     kh, kw = k.shape
     big_h = h * upy + py0 + py1
     big_w = w * upx + px0 + px1
-    canvas = torch.einsum('Yi,ncij,Xj->ncYX', _placement(h, upy, py0, big_h), x, _placement(w, upx, px0, big_w))
+    canvas = torch.einsum("Yi,ncij,Xj->ncYX", _placement(h, upy, py0, big_h), x, _placement(w, upx, px0, big_w))
     out_h = -(-(big_h - kh + 1) // downy)
     out_w = -(-(big_w - kw + 1) // downx)
     out = x.new_zeros(x.shape[0], x.shape[1], out_h, out_w)
@@ -69,7 +69,7 @@ def naive_conv2d(x: torch.Tensor, w: torch.Tensor, stride=1, padding=0, dilation
         for i in range(kh):
             for j in range(kw):
                 patch = xg[:, :, i * d:i * d + (out_h - 1) * s + 1:s, j * d:j * d + (out_w - 1) * s + 1:s]
-                acc = acc + torch.einsum('oc,nchw->nohw', w[g * opg:(g + 1) * opg, :, i, j], patch)
+                acc = acc + torch.einsum("oc,nchw->nohw", w[g * opg:(g + 1) * opg, :, i, j], patch)
         outs.append(acc)
     return torch.cat(outs, dim=1)
 
@@ -89,7 +89,7 @@ def naive_conv_transpose2d(x: torch.Tensor, w: torch.Tensor, stride=1, padding=0
         xg = x[:, g * cpg:(g + 1) * cpg]
         for i in range(kh):
             for j in range(kw):
-                contrib = torch.einsum('nchw,co->nohw', xg, w[g * cpg:(g + 1) * cpg, :, i, j])
+                contrib = torch.einsum("nchw,co->nohw", xg, w[g * cpg:(g + 1) * cpg, :, i, j])
                 shifted = x.new_zeros(n, opg, full_h, full_w)
                 shifted[:, :, i * d:i * d + (h - 1) * s + 1:s, j * d:j * d + (wd - 1) * s + 1:s] = contrib
                 full = full + shifted

@@ -23,7 +23,7 @@ def test_constant_is_cached_and_broadcast():
 
 
 def test_nan_to_num():
-    x = torch.tensor([float('nan'), float('inf'), -float('inf'), 1.5])
+    x = torch.tensor([float("nan"), float("inf"), -float("inf"), 1.5])
     out = misc.nan_to_num(x)
     assert out[0] == 0 and out[1] == torch.finfo(x.dtype).max and out[2] == torch.finfo(x.dtype).min
     assert out[3] == 1.5
@@ -33,9 +33,9 @@ def test_assert_shape():
     t = torch.zeros(2, 3, 4)
     misc.assert_shape(t, [2, 3, 4])
     misc.assert_shape(t, [None, 3, None])
-    with pytest.raises(AssertionError, match='number of dimensions'):
+    with pytest.raises(AssertionError, match="number of dimensions"):
         misc.assert_shape(t, [2, 3])
-    with pytest.raises(AssertionError, match='dimension 1: got 3, expected 5'):
+    with pytest.raises(AssertionError, match="dimension 1: got 3, expected 5"):
         misc.assert_shape(t, [2, 5, 4])
 
 
@@ -50,28 +50,28 @@ def test_assert_shape_while_tracing():
 
 def test_suppress_tracer_warnings():
     with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter('always')
+        warnings.simplefilter("always")
         with misc.suppress_tracer_warnings():
-            warnings.warn('hidden', torch.jit.TracerWarning)
-        warnings.warn('visible', UserWarning)
-    assert [str(w.message) for w in caught] == ['visible']
+            warnings.warn("hidden", torch.jit.TracerWarning)
+        warnings.warn("visible", UserWarning)
+    assert [str(w.message) for w in caught] == ["visible"]
 
 
 def test_profiled_function_keeps_name_and_result():
     @misc.profiled_function
     def add_one(x, *, y=1):
         return x + y
-    assert add_one.__name__ == 'add_one'
+    assert add_one.__name__ == "add_one"
     with torch.autograd.profiler.profile() as prof:
         assert add_one(2, y=3) == 5
-    assert any(e.name == 'add_one' for e in prof.function_events)
+    assert any(e.name == "add_one" for e in prof.function_events)
 
 
 class _Tiny(torch.nn.Module):
     def __init__(self, extra=False):
         super().__init__()
         self.lin = torch.nn.Linear(3, 2)
-        self.register_buffer('count', torch.zeros([]))
+        self.register_buffer("count", torch.zeros([]))
         if extra:
             self.more = torch.nn.Parameter(torch.ones(4))
 
@@ -81,7 +81,7 @@ class _Tiny(torch.nn.Module):
 
 def test_params_and_buffers():
     m = _Tiny()
-    assert [n for n, _ in misc.named_params_and_buffers(m)] == ['lin.weight', 'lin.bias', 'count']
+    assert [n for n, _ in misc.named_params_and_buffers(m)] == ["lin.weight", "lin.bias", "count"]
     assert [t is u for t, u in zip(misc.params_and_buffers(m), [m.lin.weight, m.lin.bias, m.count])] == [True] * 3
 
 
@@ -106,12 +106,12 @@ def test_ddp_sync_plain_module_is_a_no_op():
 
 
 def test_check_ddp_consistency_single_process(tmp_path):
-    torch.distributed.init_process_group('gloo', init_method=f'file://{tmp_path}/rendezvous', rank=0, world_size=1)
+    torch.distributed.init_process_group("gloo", init_method=f"file://{tmp_path}/rendezvous", rank=0, world_size=1)
     try:
         m = _Tiny()
-        m.count.fill_(float('nan'))  # NaNs compare equal to themselves here
+        m.count.fill_(float("nan"))  # NaNs compare equal to themselves here
         misc.check_ddp_consistency(m)
-        misc.check_ddp_consistency(m, ignore_regex=r'.*count')
+        misc.check_ddp_consistency(m, ignore_regex=r".*count")
     finally:
         torch.distributed.destroy_process_group()
 
@@ -121,17 +121,17 @@ def test_print_module_summary(capsys):
                                         [torch.zeros(2, 3)])
     assert outputs.shape == (2, 4)
     lines = [line.split() for line in capsys.readouterr().out.strip().splitlines()]
-    assert lines[0] == ['Sequential', 'Parameters', 'Buffers', 'Output', 'shape', 'Datatype']
-    assert lines[2] == ['0', '16', '-', '[2,', '4]', 'float32']
-    assert lines[3] == ['1', '-', '-', '[2,', '4]', 'float32']
-    assert lines[-1] == ['Total', '16', '0', '-', '-']
+    assert lines[0] == ["Sequential", "Parameters", "Buffers", "Output", "shape", "Datatype"]
+    assert lines[2] == ["0", "16", "-", "[2,", "4]", "float32"]
+    assert lines[3] == ["1", "-", "-", "[2,", "4]", "float32"]
+    assert lines[-1] == ["Total", "16", "0", "-", "-"]
 
     outputs = misc.print_module_summary(_Tiny(), [torch.zeros(5, 3)])
     rows = [line.split() for line in capsys.readouterr().out.strip().splitlines()]
-    assert ['lin', '8', '-', '[5,', '2]', 'float32'] in rows
-    assert ['<top-level>:0', '-', '1', '[5,', '2]', 'float32'] in rows  # first output of a 2-output module
-    assert ['<top-level>:1', '-', '-', '[]', 'float32'] in rows
-    assert rows[-1] == ['Total', '8', '1', '-', '-']
+    assert ["lin", "8", "-", "[5,", "2]", "float32"] in rows
+    assert ["<top-level>:0", "-", "1", "[5,", "2]", "float32"] in rows  # first output of a 2-output module
+    assert ["<top-level>:1", "-", "-", "[]", "float32"] in rows
+    assert rows[-1] == ["Total", "8", "1", "-", "-"]
 
 
 def _take(sampler, n):

@@ -17,19 +17,19 @@ from torch_utils import persistence
 from torch_utils.ops import conv2d_resample
 from torch_utils.ops import upfirdn2d
 
-ARCHS = ('orig', 'skip', 'resnet')
+ARCHS = ("orig", "skip", "resnet")
 RES = 16
 BATCH = 4
 
 
-def make_G(arch='skip', c_dim=0, **synthesis_kwargs):
+def make_G(arch="skip", c_dim=0, **synthesis_kwargs):
     kwargs = dict(channel_base=128, channel_max=16, architecture=arch, num_fp16_res=2, conv_clamp=256)
     kwargs.update(synthesis_kwargs)
     return networks.Generator(z_dim=16, c_dim=c_dim, w_dim=16, img_resolution=RES, img_channels=3,
                               mapping_kwargs=dict(num_layers=2), synthesis_kwargs=kwargs)
 
 
-def make_D(arch='resnet', c_dim=0, **kwargs):
+def make_D(arch="resnet", c_dim=0, **kwargs):
     all_kwargs = dict(architecture=arch, channel_base=128, channel_max=16, num_fp16_res=2, conv_clamp=256,
                       epilogue_kwargs=dict(mbstd_group_size=2))
     all_kwargs.update(kwargs)
@@ -41,7 +41,7 @@ def randomize_(module, seed=0):
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, t in misc.named_params_and_buffers(module):
-            if not name.endswith('resample_filter'):
+            if not name.endswith("resample_filter"):
                 t.add_(torch.randn(t.shape, generator=gen) * 0.5)
     return module
 
@@ -61,36 +61,36 @@ def latents(n, seed=0):
 # Structure and shapes.
 
 
-@pytest.mark.parametrize('arch,c_dim', list(itertools.product(ARCHS, (0, 3))))
+@pytest.mark.parametrize("arch,c_dim", list(itertools.product(ARCHS, (0, 3))))
 def test_generator_shapes_and_layout(arch, c_dim):
     G = make_G(arch, c_dim).eval()
     assert G.num_ws == G.synthesis.num_ws == G.mapping.num_ws == 2 * int(np.log2(RES)) - 2
     assert G.synthesis.block_resolutions == [4, 8, 16]
     for res in G.synthesis.block_resolutions:
-        block = getattr(G.synthesis, f'b{res}')
-        assert hasattr(block, 'torgb') == (arch == 'skip' or res == RES)
-        assert hasattr(block, 'skip') == (arch == 'resnet' and res > 4)
-        assert hasattr(block, 'const') == (res == 4)
-    assert hasattr(G.mapping, 'embed') == (c_dim > 0)
+        block = getattr(G.synthesis, f"b{res}")
+        assert hasattr(block, "torgb") == (arch == "skip" or res == RES)
+        assert hasattr(block, "skip") == (arch == "resnet" and res > 4)
+        assert hasattr(block, "const") == (res == 4)
+    assert hasattr(G.mapping, "embed") == (c_dim > 0)
 
     z, c = latents(BATCH), labels(BATCH, c_dim)
     ws = G.mapping(z, c)
     assert ws.shape == (BATCH, G.num_ws, 16)
-    img = G(z, c, noise_mode='const', force_fp32=True)
+    img = G(z, c, noise_mode="const", force_fp32=True)
     assert img.shape == (BATCH, 3, RES, RES) and img.dtype == torch.float32
     assert torch.isfinite(img).all()
 
 
-@pytest.mark.parametrize('arch,c_dim', list(itertools.product(ARCHS, (0, 3))))
+@pytest.mark.parametrize("arch,c_dim", list(itertools.product(ARCHS, (0, 3))))
 def test_discriminator_shapes_and_layout(arch, c_dim):
     D = make_D(arch, c_dim).eval()
     assert D.block_resolutions == [16, 8]
     for res in D.block_resolutions:
-        block = getattr(D, f'b{res}')
-        assert hasattr(block, 'fromrgb') == (arch == 'skip' or res == RES)
-        assert hasattr(block, 'skip') == (arch == 'resnet')
-    assert hasattr(D.b4, 'fromrgb') == (arch == 'skip')
-    assert hasattr(D, 'mapping') == (c_dim > 0)
+        block = getattr(D, f"b{res}")
+        assert hasattr(block, "fromrgb") == (arch == "skip" or res == RES)
+        assert hasattr(block, "skip") == (arch == "resnet")
+    assert hasattr(D.b4, "fromrgb") == (arch == "skip")
+    assert hasattr(D, "mapping") == (c_dim > 0)
     assert D.b4.cmap_dim == (16 if c_dim else 0)
 
     img = torch.randn([BATCH, 3, RES, RES])
@@ -99,22 +99,22 @@ def test_discriminator_shapes_and_layout(arch, c_dim):
 
 
 def test_labels_condition_both_networks():
-    G, D = randomize_(make_G('skip', 3)).eval(), randomize_(make_D('resnet', 3)).eval()
+    G, D = randomize_(make_G("skip", 3)).eval(), randomize_(make_D("resnet", 3)).eval()
     z = latents(BATCH)
     c1 = torch.eye(3)[[0, 1, 2, 0]]
     c2 = torch.eye(3)[[1, 2, 0, 1]]
-    img1 = G(z, c1, noise_mode='const', force_fp32=True)
-    img2 = G(z, c2, noise_mode='const', force_fp32=True)
+    img1 = G(z, c1, noise_mode="const", force_fp32=True)
+    img2 = G(z, c2, noise_mode="const", force_fp32=True)
     assert (img1 - img2).abs().amax() > 1e-3
     assert (D(img1, c1, force_fp32=True) - D(img1, c2, force_fp32=True)).abs().amax() > 1e-4
 
 
 def test_fp16_resolutions_and_clamp():
-    G = make_G('skip', num_fp16_res=2)
-    assert [getattr(G.synthesis, f'b{r}').use_fp16 for r in (4, 8, 16)] == [False, True, True]
-    G = make_G('skip', num_fp16_res=10)  # never below 8x8
-    assert [getattr(G.synthesis, f'b{r}').use_fp16 for r in (4, 8, 16)] == [False, True, True]
-    D = make_D('resnet', num_fp16_res=1)
+    G = make_G("skip", num_fp16_res=2)
+    assert [getattr(G.synthesis, f"b{r}").use_fp16 for r in (4, 8, 16)] == [False, True, True]
+    G = make_G("skip", num_fp16_res=10)  # never below 8x8
+    assert [getattr(G.synthesis, f"b{r}").use_fp16 for r in (4, 8, 16)] == [False, True, True]
+    D = make_D("resnet", num_fp16_res=1)
     assert [D.b16.use_fp16, D.b8.use_fp16] == [True, False]
     assert G.synthesis.b16.conv1.conv_clamp == 256 and D.b16.conv0.conv_clamp == 256
     assert D.b16.skip.conv_clamp is None  # the residual skip is never clamped
@@ -122,15 +122,15 @@ def test_fp16_resolutions_and_clamp():
 
 def test_channels_last_weights_same_outputs():
     torch.manual_seed(0)
-    G_cl = make_G('resnet', fp16_channels_last=True)
-    G_ref = make_G('resnet')
+    G_cl = make_G("resnet", fp16_channels_last=True)
+    G_ref = make_G("resnet")
     randomize_(G_cl)
     with torch.no_grad():
         misc.copy_params_and_buffers(G_cl, G_ref, require_all=True)
     assert G_cl.synthesis.b16.channels_last and not G_cl.synthesis.b4.channels_last
     assert G_cl.synthesis.b16.conv1.weight.is_contiguous(memory_format=torch.channels_last)
-    D_cl = make_D('skip', block_kwargs=dict(fp16_channels_last=True))
-    D_ref = make_D('skip')
+    D_cl = make_D("skip", block_kwargs=dict(fp16_channels_last=True))
+    D_ref = make_D("skip")
     randomize_(D_cl)
     with torch.no_grad():
         misc.copy_params_and_buffers(D_cl, D_ref, require_all=True)
@@ -139,26 +139,26 @@ def test_channels_last_weights_same_outputs():
     z = latents(BATCH)
     c = labels(BATCH, 0)
     with torch.no_grad():
-        img_cl = G_cl.eval()(z, c, noise_mode='const', force_fp32=True)
-        img_ref = G_ref.eval()(z, c, noise_mode='const', force_fp32=True)
+        img_cl = G_cl.eval()(z, c, noise_mode="const", force_fp32=True)
+        img_ref = G_ref.eval()(z, c, noise_mode="const", force_fp32=True)
         assert (img_cl - img_ref).abs().amax() < 1e-5
         assert (D_cl(img_ref, c, force_fp32=True) - D_ref(img_ref, c, force_fp32=True)).abs().amax() < 1e-5
 
 
 def test_fp16_path_close_to_fp32():
     """Without force_fp32 the top blocks really compute in fp16 and stay close to the fp32 result."""
-    G = randomize_(make_G('skip', num_fp16_res=2)).eval()
-    D = randomize_(make_D('resnet', num_fp16_res=2)).eval()
+    G = randomize_(make_G("skip", num_fp16_res=2)).eval()
+    D = randomize_(make_D("resnet", num_fp16_res=2)).eval()
     with torch.no_grad():
         G.synthesis.b16.conv1.weight.mul_(0.1)
         ws = G.mapping(latents(BATCH), labels(BATCH, 0))
         try:
-            x16, _ = G.synthesis.b8(torch.randn([BATCH, 16, 4, 4]), None, ws[:, 1:4], noise_mode='const')
+            x16, _ = G.synthesis.b8(torch.randn([BATCH, 16, 4, 4]), None, ws[:, 1:4], noise_mode="const")
         except RuntimeError as exc:  # some CPU builds lack fp16 kernels
-            pytest.skip(f'fp16 kernels unavailable on this device: {exc}')
+            pytest.skip(f"fp16 kernels unavailable on this device: {exc}")
         assert x16.dtype == torch.float16
-        img16 = G.synthesis(ws, noise_mode='const')
-        img32 = G.synthesis(ws, noise_mode='const', force_fp32=True)
+        img16 = G.synthesis(ws, noise_mode="const")
+        img32 = G.synthesis(ws, noise_mode="const", force_fp32=True)
         assert img16.dtype == torch.float32
         scale = img32.abs().amax()
         assert (img16 - img32).abs().amax() < 0.05 * scale
@@ -182,7 +182,7 @@ def naive_modconv(x, weight, styles, demodulate, padding):
     return torch.cat(out)
 
 
-@pytest.mark.parametrize('demodulate,kernel', [(True, 3), (False, 1), (True, 1)])
+@pytest.mark.parametrize("demodulate,kernel", [(True, 3), (False, 1), (True, 1)])
 def test_modulated_conv2d_matches_naive_loop(demodulate, kernel):
     gen = torch.Generator().manual_seed(1)
     x = torch.randn([3, 5, 6, 6], generator=gen, dtype=torch.float64)
@@ -219,13 +219,13 @@ def test_modulated_conv2d_upsampling_fused_equals_separate():
         assert (fused[i:i + 1] - ref).abs().amax() < 1e-10
 
 
-@pytest.mark.parametrize('arch', ARCHS)
+@pytest.mark.parametrize("arch", ARCHS)
 def test_fused_and_separate_modconv_give_same_image(arch):
     G = randomize_(make_G(arch, 3)).eval()
     ws = G.mapping(latents(BATCH), labels(BATCH, 3))
     with torch.no_grad():
-        a = G.synthesis(ws, noise_mode='const', force_fp32=True, fused_modconv=True)
-        b = G.synthesis(ws, noise_mode='const', force_fp32=True, fused_modconv=False)
+        a = G.synthesis(ws, noise_mode="const", force_fp32=True, fused_modconv=True)
+        b = G.synthesis(ws, noise_mode="const", force_fp32=True, fused_modconv=False)
     assert (a - b).abs().amax() < 1e-5 * max(1.0, a.abs().amax().item())
 
 
@@ -239,7 +239,7 @@ def test_modulated_conv2d_fp16_prenormalisation_is_scale_free():
     try:
         y = networks.modulated_conv2d(x.half(), weight, styles, padding=1, fused_modconv=False)
     except RuntimeError as exc:
-        pytest.skip(f'fp16 kernels unavailable on this device: {exc}')
+        pytest.skip(f"fp16 kernels unavailable on this device: {exc}")
     assert y.dtype == torch.float16
     assert (y.double() - ref).abs().amax() < 2e-2 * ref.abs().amax()
 
@@ -249,7 +249,7 @@ def test_modulated_conv2d_fp16_prenormalisation_is_scale_free():
 
 
 def test_truncation_matches_direct_formula():
-    G = randomize_(make_G('skip', 3)).eval()
+    G = randomize_(make_G("skip", 3)).eval()
     z, c = latents(BATCH), labels(BATCH, 3)
     w_avg = G.mapping.w_avg.double()
     assert w_avg.abs().amax() > 0
@@ -266,7 +266,7 @@ def test_truncation_matches_direct_formula():
 
 
 def test_w_avg_tracking():
-    G = randomize_(make_G('skip', 0))
+    G = randomize_(make_G("skip", 0))
     mapping = G.mapping
     z, c = latents(BATCH), labels(BATCH, 0)
     beta = mapping.w_avg_beta
@@ -282,9 +282,9 @@ def test_w_avg_tracking():
     expected = beta * old.double() + (1 - beta) * w.double().mean(dim=0)
     assert (mapping.w_avg.double() - expected).abs().amax() < 1e-6
     # The discriminator's label mapping neither broadcasts nor tracks an average.
-    D = make_D('resnet', 3)
+    D = make_D("resnet", 3)
     assert D.mapping.num_ws is None and D.mapping.w_avg_beta is None
-    assert 'w_avg' not in dict(D.mapping.named_buffers())
+    assert "w_avg" not in dict(D.mapping.named_buffers())
     assert D.mapping(None, labels(BATCH, 3)).shape == (BATCH, 16)
 
 
@@ -293,41 +293,41 @@ def test_w_avg_tracking():
 
 
 def test_noise_modes():
-    G = randomize_(make_G('skip', 0)).eval()
+    G = randomize_(make_G("skip", 0)).eval()
     ws = G.mapping(latents(BATCH), labels(BATCH, 0)).detach()
     run = lambda mode: G.synthesis(ws, noise_mode=mode, force_fp32=True)  # noqa: E731
     with torch.no_grad():
-        assert torch.equal(run('none'), run('none'))
-        assert torch.equal(run('const'), run('const'))
-        assert (run('const') - run('none')).abs().amax() > 1e-4
-        assert (run('random') - run('random')).abs().amax() > 1e-4
+        assert torch.equal(run("none"), run("none"))
+        assert torch.equal(run("const"), run("const"))
+        assert (run("const") - run("none")).abs().amax() > 1e-4
+        assert (run("random") - run("random")).abs().amax() > 1e-4
         for name, p in G.named_parameters():
-            if name.endswith('noise_strength'):
+            if name.endswith("noise_strength"):
                 p.zero_()
-        assert (run('random') - run('none')).abs().amax() < 1e-6
-        assert (run('const') - run('none')).abs().amax() < 1e-6
-    with pytest.raises(ValueError, match='noise_mode'):
-        run('bogus')
+        assert (run("random") - run("none")).abs().amax() < 1e-6
+        assert (run("const") - run("none")).abs().amax() < 1e-6
+    with pytest.raises(ValueError, match="noise_mode"):
+        run("bogus")
 
 
 def test_use_noise_false_has_no_noise_state():
     layer = networks.SynthesisLayer(4, 4, w_dim=8, resolution=8, use_noise=False)
-    assert 'noise_strength' not in dict(layer.named_parameters())
-    assert 'noise_const' not in dict(layer.named_buffers())
+    assert "noise_strength" not in dict(layer.named_parameters())
+    assert "noise_const" not in dict(layer.named_buffers())
     x, w = torch.randn([2, 4, 8, 8]), torch.randn([2, 8])
-    assert torch.equal(layer(x, w, noise_mode='random'), layer(x, w, noise_mode='none'))
+    assert torch.equal(layer(x, w, noise_mode="random"), layer(x, w, noise_mode="none"))
 
 
 # ----------------------------------------------------------------------------------------------
 # Gradients.
 
 
-@pytest.mark.parametrize('arch', ARCHS)
+@pytest.mark.parametrize("arch", ARCHS)
 def test_gradients_reach_every_parameter(arch):
     G = randomize_(make_G(arch, 3)).train()
     D = randomize_(make_D(arch, 3)).train()
     z, c = latents(BATCH), labels(BATCH, 3)
-    img = G(z, c, noise_mode='random', force_fp32=True)
+    img = G(z, c, noise_mode="random", force_fp32=True)
     loss = D(img, c, force_fp32=True).square().sum() + img.square().mean()
     loss.backward()
     for net in (G, D):
@@ -338,12 +338,12 @@ def test_gradients_reach_every_parameter(arch):
 
 
 def test_freeze_layers_turns_first_layers_into_buffers():
-    D = make_D('resnet', block_kwargs=dict(freeze_layers=2))
+    D = make_D("resnet", block_kwargs=dict(freeze_layers=2))
     params = dict(D.named_parameters())
     buffers = dict(D.named_buffers())
     assert D.b16.num_layers == 4 and D.b8.first_layer_idx == 4
-    assert 'b16.fromrgb.weight' in buffers and 'b16.conv0.weight' in buffers
-    assert 'b16.conv1.weight' in params and 'b8.conv0.weight' in params
+    assert "b16.fromrgb.weight" in buffers and "b16.conv0.weight" in buffers
+    assert "b16.conv1.weight" in params and "b8.conv0.weight" in params
 
 
 # ----------------------------------------------------------------------------------------------
@@ -366,7 +366,7 @@ def naive_mbstd(x, group_size, num_channels):
     return torch.cat([x, extra], dim=1)
 
 
-@pytest.mark.parametrize('group_size,num_channels,N', [(4, 1, 8), (2, 2, 6), (None, 1, 3), (8, 3, 4)])
+@pytest.mark.parametrize("group_size,num_channels,N", [(4, 1, 8), (2, 2, 6), (None, 1, 3), (8, 3, 4)])
 def test_minibatch_std_matches_naive(group_size, num_channels, N):
     x = torch.randn([N, 6, 3, 3], generator=torch.Generator().manual_seed(4), dtype=torch.float64)
     layer = networks.MinibatchStdLayer(group_size, num_channels=num_channels)
@@ -376,7 +376,7 @@ def test_minibatch_std_matches_naive(group_size, num_channels, N):
 
 
 def test_minibatch_std_rejects_indivisible_batch():
-    with pytest.raises(ValueError, match='not divisible'):
+    with pytest.raises(ValueError, match="not divisible"):
         networks.MinibatchStdLayer(4)(torch.randn([6, 2, 4, 4]))
 
 
@@ -385,13 +385,13 @@ def test_minibatch_std_rejects_indivisible_batch():
 
 
 def test_all_classes_persistent_and_record_init_kwargs():
-    names = ['FullyConnectedLayer', 'Conv2dLayer', 'MappingNetwork', 'SynthesisLayer', 'ToRGBLayer',
-             'SynthesisBlock', 'SynthesisNetwork', 'Generator', 'DiscriminatorBlock', 'MinibatchStdLayer',
-             'DiscriminatorEpilogue', 'Discriminator']
+    names = ["FullyConnectedLayer", "Conv2dLayer", "MappingNetwork", "SynthesisLayer", "ToRGBLayer",
+             "SynthesisBlock", "SynthesisNetwork", "Generator", "DiscriminatorBlock", "MinibatchStdLayer",
+             "DiscriminatorEpilogue", "Discriminator"]
     for name in names:
         assert persistence.is_persistent(getattr(networks, name)), name
-    G = make_G('resnet', 3)
-    assert G.init_kwargs['synthesis_kwargs']['architecture'] == 'resnet'
+    G = make_G("resnet", 3)
+    assert G.init_kwargs["synthesis_kwargs"]["architecture"] == "resnet"
     kwargs = copy.deepcopy(G.init_kwargs)
     G2 = networks.Generator(**kwargs)
     assert [(n, t.shape) for n, t in misc.named_params_and_buffers(G2)] == \
@@ -399,19 +399,19 @@ def test_all_classes_persistent_and_record_init_kwargs():
     # Sub-modules record the arguments the parent passed (what the official pickles store).
     assert G.synthesis.b8.init_args == (16, 16)
     assert G.synthesis.b8.init_kwargs == dict(w_dim=16, resolution=8, img_channels=3, is_last=False, use_fp16=True,
-                                              architecture='resnet', conv_clamp=256)
+                                              architecture="resnet", conv_clamp=256)
 
 
 def test_module_imports_only_persistable_dependencies():
     """The persisted source must run under the official code base: numpy, torch, torch_utils, dnnlib only."""
     src = pathlib.Path(networks.__file__).read_text()
-    allowed = {'numpy', 'torch', 'torch_utils', 'dnnlib'}
+    allowed = {"numpy", "torch", "torch_utils", "dnnlib"}
     for node in ast.walk(ast.parse(src)):
         if isinstance(node, ast.Import):
-            roots = {alias.name.split('.')[0] for alias in node.names}
+            roots = {alias.name.split(".")[0] for alias in node.names}
         elif isinstance(node, ast.ImportFrom):
-            assert node.level == 0, 'relative imports break when the source is executed from a pickle'
-            roots = {node.module.split('.')[0]}
+            assert node.level == 0, "relative imports break when the source is executed from a pickle"
+            roots = {node.module.split(".")[0]}
         else:
             continue
         assert roots <= allowed, roots
@@ -420,11 +420,11 @@ def test_module_imports_only_persistable_dependencies():
 def test_source_runs_standalone_like_the_official_loader():
     """Pickles carry this module's source; loaders exec it in a fresh, package-less module."""
     # A trailing comment makes the text differ from the already-imported module, forcing a fresh exec.
-    src = inspect.getsource(networks) + '\n# standalone copy (test)\n'
+    src = inspect.getsource(networks) + "\n# standalone copy (test)\n"
     module = persistence._src_to_module(src)
     try:
         assert module is not networks and module.__name__ != networks.__name__
-        for ours in (randomize_(make_G('resnet', 3)), randomize_(make_D('skip', 3))):
+        for ours in (randomize_(make_G("resnet", 3)), randomize_(make_D("skip", 3))):
             clone = getattr(module, type(ours).__name__)(*ours.init_args, **ours.init_kwargs)
             with torch.no_grad():
                 misc.copy_params_and_buffers(ours, clone, require_all=True)
@@ -432,7 +432,7 @@ def test_source_runs_standalone_like_the_official_loader():
             clone.eval()
             if isinstance(ours, networks.Generator):
                 args = (latents(BATCH), labels(BATCH, 3))
-                kwargs = dict(noise_mode='const', force_fp32=True)
+                kwargs = dict(noise_mode="const", force_fp32=True)
             else:
                 args = (torch.randn([BATCH, 3, RES, RES]), labels(BATCH, 3))
                 kwargs = dict(force_fp32=True)
@@ -442,16 +442,16 @@ def test_source_runs_standalone_like_the_official_loader():
 
 
 def test_bad_configuration_errors():
-    with pytest.raises(ValueError, match='architecture'):
-        make_G('fancy')
-    with pytest.raises(ValueError, match='architecture'):
-        make_D('fancy')
-    with pytest.raises(ValueError, match='needs an input'):
+    with pytest.raises(ValueError, match="architecture"):
+        make_G("fancy")
+    with pytest.raises(ValueError, match="architecture"):
+        make_D("fancy")
+    with pytest.raises(ValueError, match="needs an input"):
         networks.MappingNetwork(z_dim=0, c_dim=0, w_dim=8, num_ws=None)
-    with pytest.raises(ValueError, match='power of two'):
+    with pytest.raises(ValueError, match="power of two"):
         networks.SynthesisNetwork(w_dim=8, img_resolution=24, img_channels=3)
-    G = make_G('skip', 0)
-    with pytest.raises(ValueError, match='w_avg'):
+    G = make_G("skip", 0)
+    with pytest.raises(ValueError, match="w_avg"):
         networks.MappingNetwork(z_dim=4, c_dim=0, w_dim=4, num_ws=None, w_avg_beta=None)(
             torch.randn([2, 4]), None, truncation_psi=0.5)
     with pytest.raises(AssertionError):

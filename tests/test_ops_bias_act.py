@@ -18,35 +18,35 @@ def _sigmoid(z, _alpha=None):
 
 # Direct formulas: activation, its first derivative and its second derivative.
 FORMULAS = {
-    'linear': (lambda z, a: z, lambda z, a: torch.ones_like(z), lambda z, a: torch.zeros_like(z)),
-    'relu': (lambda z, a: torch.where(z > 0, z, 0 * z), lambda z, a: (z > 0).double(),
+    "linear": (lambda z, a: z, lambda z, a: torch.ones_like(z), lambda z, a: torch.zeros_like(z)),
+    "relu": (lambda z, a: torch.where(z > 0, z, 0 * z), lambda z, a: (z > 0).double(),
              lambda z, a: torch.zeros_like(z)),
-    'lrelu': (lambda z, a: torch.where(z > 0, z, a * z), lambda z, a: torch.where(z > 0, 1.0, a).double(),
+    "lrelu": (lambda z, a: torch.where(z > 0, z, a * z), lambda z, a: torch.where(z > 0, 1.0, a).double(),
               lambda z, a: torch.zeros_like(z)),
-    'tanh': (lambda z, a: (torch.exp(2 * z) - 1) / (torch.exp(2 * z) + 1), lambda z, a: 1 / torch.cosh(z) ** 2,
+    "tanh": (lambda z, a: (torch.exp(2 * z) - 1) / (torch.exp(2 * z) + 1), lambda z, a: 1 / torch.cosh(z) ** 2,
              lambda z, a: -2 * torch.sinh(z) / torch.cosh(z) ** 3),
-    'sigmoid': (_sigmoid, lambda z, a: _sigmoid(z) * (1 - _sigmoid(z)),
+    "sigmoid": (_sigmoid, lambda z, a: _sigmoid(z) * (1 - _sigmoid(z)),
                 lambda z, a: _sigmoid(z) * (1 - _sigmoid(z)) * (1 - 2 * _sigmoid(z))),
-    'elu': (lambda z, a: torch.where(z >= 0, z, torch.exp(z) - 1), lambda z, a: torch.where(z >= 0, 1.0, torch.exp(z)),
+    "elu": (lambda z, a: torch.where(z >= 0, z, torch.exp(z) - 1), lambda z, a: torch.where(z >= 0, 1.0, torch.exp(z)),
             lambda z, a: torch.where(z >= 0, 0.0, torch.exp(z))),
-    'selu': (lambda z, a: SELU_SCALE * torch.where(z >= 0, z, SELU_ALPHA * (torch.exp(z) - 1)),
+    "selu": (lambda z, a: SELU_SCALE * torch.where(z >= 0, z, SELU_ALPHA * (torch.exp(z) - 1)),
              lambda z, a: SELU_SCALE * torch.where(z >= 0, 1.0, SELU_ALPHA * torch.exp(z)),
              lambda z, a: SELU_SCALE * torch.where(z >= 0, 0.0, SELU_ALPHA * torch.exp(z))),
-    'softplus': (lambda z, a: torch.log(1 + torch.exp(z)), _sigmoid,
+    "softplus": (lambda z, a: torch.log(1 + torch.exp(z)), _sigmoid,
                  lambda z, a: _sigmoid(z) * (1 - _sigmoid(z))),
-    'swish': (lambda z, a: z * _sigmoid(z), lambda z, a: _sigmoid(z) * (1 + z * (1 - _sigmoid(z))),
+    "swish": (lambda z, a: z * _sigmoid(z), lambda z, a: _sigmoid(z) * (1 + z * (1 - _sigmoid(z))),
               lambda z, a: _sigmoid(z) * (1 - _sigmoid(z)) * (2 + z * (1 - 2 * _sigmoid(z)))),
 }
 DEFAULTS = {  # name -> (alpha, gain), as the upstream table defines them
-    'linear': (0, 1), 'relu': (0, math.sqrt(2)), 'lrelu': (0.2, math.sqrt(2)), 'tanh': (0, 1), 'sigmoid': (0, 1),
-    'elu': (0, 1), 'selu': (0, 1), 'softplus': (0, 1), 'swish': (0, math.sqrt(2)),
+    "linear": (0, 1), "relu": (0, math.sqrt(2)), "lrelu": (0.2, math.sqrt(2)), "tanh": (0, 1), "sigmoid": (0, 1),
+    "elu": (0, 1), "selu": (0, 1), "softplus": (0, 1), "swish": (0, math.sqrt(2)),
 }
-SMOOTH = ['tanh', 'sigmoid', 'elu', 'selu', 'softplus', 'swish']
+SMOOTH = ["tanh", "sigmoid", "elu", "selu", "softplus", "swish"]
 
 
 def _grad_rtol(act):
     # torch's leaky_relu backward rounds the slope to float32 (so does upstream's reference path).
-    return 1e-7 if act == 'lrelu' else 1e-10
+    return 1e-7 if act == "lrelu" else 1e-10
 
 
 def test_activation_table():
@@ -85,8 +85,8 @@ def _cases():
             yield seed, act, shape, dim, with_bias, alpha, gain, clamp
 
 
-@pytest.mark.parametrize('seed,act,shape,dim,with_bias,alpha,gain,clamp', list(_cases()))
-@pytest.mark.parametrize('impl', ['ref', 'cuda'])
+@pytest.mark.parametrize("seed,act,shape,dim,with_bias,alpha,gain,clamp", list(_cases()))
+@pytest.mark.parametrize("impl", ["ref", "cuda"])
 def test_bias_act_matches_formulas(impl, seed, act, shape, dim, with_bias, alpha, gain, clamp):
     gen = torch.Generator().manual_seed(seed)
     x = (torch.randn(shape, generator=gen, dtype=torch.float64) * 2).requires_grad_(True)
@@ -115,18 +115,18 @@ def test_bias_act_matches_formulas(impl, seed, act, shape, dim, with_bias, alpha
 def test_bias_act_defaults_and_clamp_zero():
     x = torch.randn(3, 4, 2, dtype=torch.float64)
     torch.testing.assert_close(bias_act.bias_act(x), x, rtol=0, atol=0)
-    torch.testing.assert_close(bias_act.bias_act(x, act='lrelu'),
+    torch.testing.assert_close(bias_act.bias_act(x, act="lrelu"),
                                torch.nn.functional.leaky_relu(x, 0.2) * math.sqrt(2), rtol=1e-15, atol=0)
-    assert bias_act.bias_act(x, act='relu', clamp=0).abs().max() == 0
+    assert bias_act.bias_act(x, act="relu", clamp=0).abs().max() == 0
     with pytest.raises(AssertionError):
         bias_act.bias_act(x, clamp=-1)
     with pytest.raises(KeyError):
-        bias_act.bias_act(x, act='gelu')
+        bias_act.bias_act(x, act="gelu")
     with pytest.raises(AssertionError):
         bias_act.bias_act(x, torch.zeros(5, dtype=torch.float64))
 
 
-@pytest.mark.parametrize('act', ['lrelu', 'swish'])
+@pytest.mark.parametrize("act", ["lrelu", "swish"])
 def test_bias_act_gradgradcheck(act):
     x = torch.randn(2, 3, 2, dtype=torch.float64, requires_grad=True)
     b = torch.randn(3, dtype=torch.float64, requires_grad=True)
@@ -149,10 +149,10 @@ class FakeBiasActPlugin:
     calls = 0
     NAMES = {spec.cuda_idx: name for name, spec in bias_act.activation_funcs.items()}
     INVERSE = {  # z from y (enough to know the derivative) for activations that only keep y
-        'relu': lambda y, a: y, 'lrelu': lambda y, a: y, 'tanh': torch.atanh, 'elu': lambda y, a: torch.where(
+        "relu": lambda y, a: y, "lrelu": lambda y, a: y, "tanh": torch.atanh, "elu": lambda y, a: torch.where(
             y >= 0, y, torch.log1p(y)),
-        'sigmoid': lambda y, a: torch.log(y / (1 - y)), 'softplus': lambda y, a: torch.log(torch.expm1(y)),
-        'selu': lambda y, a: torch.where(y >= 0, y / SELU_SCALE, torch.log1p(y / (SELU_SCALE * SELU_ALPHA))),
+        "sigmoid": lambda y, a: torch.log(y / (1 - y)), "softplus": lambda y, a: torch.log(torch.expm1(y)),
+        "selu": lambda y, a: torch.where(y >= 0, y / SELU_SCALE, torch.log1p(y / (SELU_SCALE * SELU_ALPHA))),
     }
 
     @classmethod
@@ -166,7 +166,7 @@ class FakeBiasActPlugin:
             return y.clamp(-clamp, clamp) if clamp >= 0 else y
         if xref.numel():
             z = xref + bias
-        elif name == 'linear':
+        elif name == "linear":
             z = torch.zeros_like(x)
         else:
             z = cls.INVERSE[name](yref / gain, alpha)
@@ -184,10 +184,10 @@ def _fake_cuda(x, b, dim, act, alpha, gain, clamp):
     return bias_act._BiasActCuda.apply(x, b, (dim, act, alpha, gain, -1.0 if clamp is None else float(clamp)))
 
 
-@pytest.mark.parametrize('act', list(FORMULAS))
-@pytest.mark.parametrize('clamp', [None, 0.9])
+@pytest.mark.parametrize("act", list(FORMULAS))
+@pytest.mark.parametrize("clamp", [None, 0.9])
 def test_cuda_autograd_function_with_fake_plugin(act, clamp, monkeypatch):
-    monkeypatch.setattr(bias_act, '_plugin', FakeBiasActPlugin)
+    monkeypatch.setattr(bias_act, "_plugin", FakeBiasActPlugin)
     gen = torch.Generator().manual_seed(7)
     x = (torch.randn(2, 3, 4, 2, generator=gen, dtype=torch.float64) * 1.5).contiguous(
         memory_format=torch.channels_last)
@@ -216,9 +216,9 @@ def test_cuda_autograd_function_with_fake_plugin(act, clamp, monkeypatch):
         torch.testing.assert_close(a, b_, rtol=max(_grad_rtol(act), 1e-9), atol=1e-11)
 
 
-@pytest.mark.parametrize('act', ['tanh', 'lrelu'])
+@pytest.mark.parametrize("act", ["tanh", "lrelu"])
 def test_cuda_autograd_function_gradgradcheck(act, monkeypatch):
-    monkeypatch.setattr(bias_act, '_plugin', FakeBiasActPlugin)
+    monkeypatch.setattr(bias_act, "_plugin", FakeBiasActPlugin)
     x = torch.randn(2, 3, 2, dtype=torch.float64, requires_grad=True)
     b = torch.randn(3, dtype=torch.float64, requires_grad=True)
     fn = lambda x, b: _fake_cuda(x, b, 1, act, None, 1.2, 1.5)  # noqa: E731
@@ -228,6 +228,6 @@ def test_cuda_autograd_function_gradgradcheck(act, monkeypatch):
 
 def test_cpu_tensors_never_touch_the_plugin(monkeypatch):
     def fail():
-        raise AssertionError('plugin looked up for a CPU tensor')
-    monkeypatch.setattr(bias_act, '_init', fail)
-    bias_act.bias_act(torch.randn(2, 3), torch.randn(3), act='lrelu')
+        raise AssertionError("plugin looked up for a CPU tensor")
+    monkeypatch.setattr(bias_act, "_init", fail)
+    bias_act.bias_act(torch.randn(2, 3), torch.randn(3), act="lrelu")

@@ -42,29 +42,29 @@ def _tensors(x_shape, w_shape, bias_len, seed):
     return [torch.randn(s, generator=gen, dtype=torch.float64) for s in (x_shape, w_shape, (bias_len,))]
 
 
-@pytest.mark.parametrize('enabled', [True, False])
-@pytest.mark.parametrize('case', range(len(CONV_CASES)))
+@pytest.mark.parametrize("enabled", [True, False])
+@pytest.mark.parametrize("case", range(len(CONV_CASES)))
 def test_conv2d_all_orders_match_naive(case, enabled, monkeypatch):
-    monkeypatch.setattr(conv2d_gradfix, 'enabled', enabled)
+    monkeypatch.setattr(conv2d_gradfix, "enabled", enabled)
     x_shape, w_shape, kw = CONV_CASES[case]
     _compare(lambda x, w, b: conv2d_gradfix.conv2d(x, w, b, **kw),
              lambda x, w, b: naive_conv2d(x, w, **kw) + b[None, :, None, None],
              _tensors(x_shape, w_shape, w_shape[0], case), case)
 
 
-@pytest.mark.parametrize('enabled', [True, False])
-@pytest.mark.parametrize('case', range(len(TRANSPOSE_CASES)))
+@pytest.mark.parametrize("enabled", [True, False])
+@pytest.mark.parametrize("case", range(len(TRANSPOSE_CASES)))
 def test_conv_transpose2d_all_orders_match_naive(case, enabled, monkeypatch):
-    monkeypatch.setattr(conv2d_gradfix, 'enabled', enabled)
+    monkeypatch.setattr(conv2d_gradfix, "enabled", enabled)
     x_shape, w_shape, kw = TRANSPOSE_CASES[case]
-    out_channels = w_shape[1] * kw['groups']
+    out_channels = w_shape[1] * kw["groups"]
     _compare(lambda x, w, b: conv2d_gradfix.conv_transpose2d(x, w, b, **kw),
              lambda x, w, b: naive_conv_transpose2d(x, w, **kw) + b[None, :, None, None],
              _tensors(x_shape, w_shape, out_channels, case), case)
 
 
 def test_custom_op_gradgradcheck(monkeypatch):
-    monkeypatch.setattr(conv2d_gradfix, 'enabled', True)
+    monkeypatch.setattr(conv2d_gradfix, "enabled", True)
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(1, 2, 3, 4, generator=gen, dtype=torch.float64, requires_grad=True)
     w = torch.randn(2, 1, 2, 3, generator=gen, dtype=torch.float64, requires_grad=True)
@@ -79,7 +79,7 @@ def test_custom_op_gradgradcheck(monkeypatch):
 
 
 def test_no_weight_gradients(monkeypatch):
-    monkeypatch.setattr(conv2d_gradfix, 'enabled', True)
+    monkeypatch.setattr(conv2d_gradfix, "enabled", True)
     gen = torch.Generator().manual_seed(1)
     x = torch.randn(2, 3, 5, 5, generator=gen, dtype=torch.float64, requires_grad=True)
     w = torch.randn(4, 3, 3, 3, generator=gen, dtype=torch.float64, requires_grad=True)
@@ -104,12 +104,12 @@ def test_no_weight_gradients(monkeypatch):
 def test_flag_restored_after_exception():
     with pytest.raises(RuntimeError):
         with conv2d_gradfix.no_weight_gradients():
-            raise RuntimeError('boom')
+            raise RuntimeError("boom")
     assert not conv2d_gradfix.weight_gradients_disabled
 
 
 def test_custom_op_rejects_bad_arguments(monkeypatch):
-    monkeypatch.setattr(conv2d_gradfix, 'enabled', True)
+    monkeypatch.setattr(conv2d_gradfix, "enabled", True)
     x = torch.randn(1, 2, 4, 4)
     with pytest.raises(AssertionError):
         conv2d_gradfix.conv_transpose2d(x, torch.randn(2, 2, 3, 3), stride=2, output_padding=2)

@@ -29,14 +29,14 @@ def naive_conv2d_resample(x, w, f, up, down, padding, groups, flip_weight, flip_
 
 
 PATHS = {  # name -> (kernel size, up, down, padding generator)
-    '1x1_down': (1, 1, 2, 'any'),
-    '1x1_up': (1, 2, 1, 'any'),
-    'strided_down': (3, 1, 2, 'any'),
-    'transposed_up': (3, 2, 1, 'any'),
-    'transposed_up_down': (3, 2, 2, 'any'),
-    'up3_even_kernel': (2, 3, 1, 'any'),
-    'plain': (3, 1, 1, 'symmetric'),
-    'general': (3, 1, 1, 'asymmetric'),
+    "1x1_down": (1, 1, 2, "any"),
+    "1x1_up": (1, 2, 1, "any"),
+    "strided_down": (3, 1, 2, "any"),
+    "transposed_up": (3, 2, 1, "any"),
+    "transposed_up_down": (3, 2, 2, "any"),
+    "up3_even_kernel": (2, 3, 1, "any"),
+    "plain": (3, 1, 1, "symmetric"),
+    "general": (3, 1, 1, "asymmetric"),
 }
 
 
@@ -49,18 +49,18 @@ def _case(path, seed):
     x = torch.as_tensor(rng.randn(int(rng.randint(1, 3)), groups * cpg, int(rng.randint(4, 7)), int(rng.randint(4, 7))))
     w = torch.as_tensor(rng.randn(groups * opg, cpg, k, k if rng.rand() < 0.5 else max(k - 1, 1)))
     # Taps are multiples of 1/8 so that scaling them by the gain is exact in float32.
-    kind = rng.choice(['separable', 'full', 'none'] if up > 1 or down > 1 else ['full'])
-    if kind == 'separable':
+    kind = rng.choice(["separable", "full", "none"] if up > 1 or down > 1 else ["full"])
+    if kind == "separable":
         f = torch.as_tensor(rng.randint(1, 8, size=int(rng.randint(2, 5))) / 8, dtype=torch.float32)
-    elif kind == 'full':
+    elif kind == "full":
         f = torch.as_tensor(rng.randint(-7, 8, size=(int(rng.randint(1, 4)), int(rng.randint(1, 4)))) / 8,
                             dtype=torch.float32)
     else:
         f = None
-    if pad_kind == 'symmetric':
+    if pad_kind == "symmetric":
         padding = [int(rng.randint(0, 3))] * 2
         padding = [padding[0], padding[0], padding[1], padding[1]]
-    elif pad_kind == 'asymmetric':
+    elif pad_kind == "asymmetric":
         padding = [1, 0, 2, -1] if rng.rand() < 0.5 else [-1, 2, 0, 1]
     else:
         padding = [int(p) for p in rng.randint(-1, 3, size=4)]
@@ -82,28 +82,28 @@ def _grads(fn, x, w, seed):
     return [t.detach() for t in (y, gx, gw, hx, hw)]
 
 
-@pytest.mark.parametrize('seed', [0, 1])
-@pytest.mark.parametrize('path', list(PATHS))
+@pytest.mark.parametrize("seed", [0, 1])
+@pytest.mark.parametrize("path", list(PATHS))
 def test_conv2d_resample_matches_naive_chain(path, seed):
     c = _case(path, seed)
-    args = dict(f=c['f'], up=c['up'], down=c['down'], groups=c['groups'], flip_weight=c['flip_weight'],
-                flip_filter=c['flip_filter'])
-    ours = _grads(lambda x, w: conv2d_resample.conv2d_resample(x, w, padding=c['padding'], **args), c['x'], c['w'],
+    args = dict(f=c["f"], up=c["up"], down=c["down"], groups=c["groups"], flip_weight=c["flip_weight"],
+                flip_filter=c["flip_filter"])
+    ours = _grads(lambda x, w: conv2d_resample.conv2d_resample(x, w, padding=c["padding"], **args), c["x"], c["w"],
                   seed)
-    ref = _grads(lambda x, w: naive_conv2d_resample(x, w, padding=c['padding'], **args), c['x'], c['w'], seed)
+    ref = _grads(lambda x, w: naive_conv2d_resample(x, w, padding=c["padding"], **args), c["x"], c["w"], seed)
     assert ours[0].shape == ref[0].shape
     for a, b in zip(ours, ref):
         torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-10)
 
 
-@pytest.mark.parametrize('path', ['transposed_up_down', 'strided_down'])
+@pytest.mark.parametrize("path", ["transposed_up_down", "strided_down"])
 def test_conv2d_resample_with_custom_conv_op(path, monkeypatch):
-    monkeypatch.setattr(conv2d_gradfix, 'enabled', True)
+    monkeypatch.setattr(conv2d_gradfix, "enabled", True)
     c = _case(path, 5)
-    args = dict(f=c['f'], up=c['up'], down=c['down'], groups=c['groups'], flip_weight=c['flip_weight'],
-                flip_filter=c['flip_filter'], padding=c['padding'])
-    ours = _grads(lambda x, w: conv2d_resample.conv2d_resample(x, w, **args), c['x'], c['w'], 3)
-    ref = _grads(lambda x, w: naive_conv2d_resample(x, w, **args), c['x'], c['w'], 3)
+    args = dict(f=c["f"], up=c["up"], down=c["down"], groups=c["groups"], flip_weight=c["flip_weight"],
+                flip_filter=c["flip_filter"], padding=c["padding"])
+    ours = _grads(lambda x, w: conv2d_resample.conv2d_resample(x, w, **args), c["x"], c["w"], 3)
+    ref = _grads(lambda x, w: naive_conv2d_resample(x, w, **args), c["x"], c["w"], 3)
     for a, b in zip(ours, ref):
         torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-10)
 

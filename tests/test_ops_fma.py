@@ -13,7 +13,7 @@ SHAPES = [  # a, b, c
 ]
 
 
-@pytest.mark.parametrize('shapes', SHAPES)
+@pytest.mark.parametrize("shapes", SHAPES)
 def test_fma_value_and_gradients(shapes):
     gen = torch.Generator().manual_seed(0)
     a, b, c = [torch.randn(s, generator=gen, dtype=torch.float64, requires_grad=True) for s in shapes]

@@ -14,9 +14,9 @@ def _inputs(seed):
     return x, grid
 
 
-@pytest.mark.parametrize('enabled', [True, False])
+@pytest.mark.parametrize("enabled", [True, False])
 def test_forward_and_grads_match_naive_bilinear(enabled, monkeypatch):
-    monkeypatch.setattr(grid_sample_gradfix, 'enabled', enabled)
+    monkeypatch.setattr(grid_sample_gradfix, "enabled", enabled)
     x, grid = _inputs(0)
     results = []
     for fn in (grid_sample_gradfix.grid_sample, naive_grid_sample):
@@ -39,7 +39,7 @@ def _r1_like(sample, x, grid, w):
 
 
 def test_double_backward_matches_naive(monkeypatch):
-    monkeypatch.setattr(grid_sample_gradfix, 'enabled', True)
+    monkeypatch.setattr(grid_sample_gradfix, "enabled", True)
     x, grid = _inputs(2)
     w = torch.randn(3, dtype=torch.float64)
     grads = []
@@ -52,7 +52,7 @@ def test_double_backward_matches_naive(monkeypatch):
 
 
 def test_gradcheck_and_gradgradcheck(monkeypatch):
-    monkeypatch.setattr(grid_sample_gradfix, 'enabled', True)
+    monkeypatch.setattr(grid_sample_gradfix, "enabled", True)
     x, grid = _inputs(3)
     x = x[:1, :2].clone().requires_grad_(True)
     grid = grid[:1].clone()
@@ -63,11 +63,11 @@ def test_gradcheck_and_gradgradcheck(monkeypatch):
 
 
 def test_second_order_through_grid_is_refused(monkeypatch):
-    monkeypatch.setattr(grid_sample_gradfix, 'enabled', True)
+    monkeypatch.setattr(grid_sample_gradfix, "enabled", True)
     x, grid = _inputs(4)
     x.requires_grad_(True)
     grid.requires_grad_(True)
     y = grid_sample_gradfix.grid_sample(x, grid)
     gx, gg = torch.autograd.grad(y.square().sum(), [x, grid], create_graph=True)
-    with pytest.raises(NotImplementedError, match='grid'):
+    with pytest.raises(NotImplementedError, match="grid"):
         torch.autograd.grad(gg.sum(), x)

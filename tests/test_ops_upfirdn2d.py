@@ -51,10 +51,10 @@ def _random_case(rng: np.random.RandomState):
     """Random input, filter kind, factors and padding (often negative) with a non-empty output."""
     while True:
         x = torch.as_tensor(rng.randn(rng.randint(1, 3), rng.randint(1, 4), rng.randint(3, 8), rng.randint(3, 8)))
-        kind = rng.choice(['separable', 'full', 'none'])
-        if kind == 'separable':
+        kind = rng.choice(["separable", "full", "none"])
+        if kind == "separable":
             f = torch.as_tensor(rng.randn(rng.randint(1, 6)), dtype=torch.float32)
-        elif kind == 'full':
+        elif kind == "full":
             f = torch.as_tensor(rng.randn(rng.randint(1, 5), rng.randint(1, 5)), dtype=torch.float32)
         else:
             f = None
@@ -72,13 +72,13 @@ def _random_case(rng: np.random.RandomState):
 
 def _naive(case, x=None):
     """Naive result for a case (separable filters become their outer product)."""
-    return naive_upfirdn2d(case['x'] if x is None else x, filter_2d(case['f']), up=case['up'], down=case['down'],
-                           pad=case['padding'], gain=case['gain'], correlate=case['flip_filter'])
+    return naive_upfirdn2d(case["x"] if x is None else x, filter_2d(case["f"]), up=case["up"], down=case["down"],
+                           pad=case["padding"], gain=case["gain"], correlate=case["flip_filter"])
 
 
-def _run(case, x=None, impl='ref'):
-    return upfirdn2d.upfirdn2d(case['x'] if x is None else x, case['f'], up=case['up'], down=case['down'],
-                               padding=case['padding'], flip_filter=case['flip_filter'], gain=case['gain'],
+def _run(case, x=None, impl="ref"):
+    return upfirdn2d.upfirdn2d(case["x"] if x is None else x, case["f"], up=case["up"], down=case["down"],
+                               padding=case["padding"], flip_filter=case["flip_filter"], gain=case["gain"],
                                impl=impl)
 
 
@@ -94,12 +94,12 @@ def _first_and_second_grads(fn, x, seed):
     return y.detach(), g.detach(), h
 
 
-@pytest.mark.parametrize('seed', range(12))
+@pytest.mark.parametrize("seed", range(12))
 def test_upfirdn2d_matches_naive(seed):
     case = _random_case(np.random.RandomState(seed))
-    ref_y, ref_g, ref_h = _first_and_second_grads(lambda x: _naive(case, x), case['x'], seed)
-    for impl in ['ref', 'cuda']:  # 'cuda' falls back to the reference path on CPU tensors
-        y, g, h = _first_and_second_grads(lambda x: _run(case, x, impl=impl), case['x'], seed)
+    ref_y, ref_g, ref_h = _first_and_second_grads(lambda x: _naive(case, x), case["x"], seed)
+    for impl in ["ref", "cuda"]:  # 'cuda' falls back to the reference path on CPU tensors
+        y, g, h = _first_and_second_grads(lambda x: _run(case, x, impl=impl), case["x"], seed)
         assert y.shape == ref_y.shape and y.dtype == torch.float64
         torch.testing.assert_close(y, ref_y, rtol=1e-10, atol=1e-12)
         torch.testing.assert_close(g, ref_g, rtol=1e-10, atol=1e-12)
@@ -107,10 +107,10 @@ def test_upfirdn2d_matches_naive(seed):
 
 
 def test_upfirdn2d_with_custom_conv_matches_naive(monkeypatch):
-    monkeypatch.setattr(conv2d_gradfix, 'enabled', True)
+    monkeypatch.setattr(conv2d_gradfix, "enabled", True)
     case = _random_case(np.random.RandomState(100))
-    ref = _first_and_second_grads(lambda x: _naive(case, x), case['x'], 0)
-    ours = _first_and_second_grads(lambda x: _run(case, x), case['x'], 0)
+    ref = _first_and_second_grads(lambda x: _naive(case, x), case["x"], 0)
+    ours = _first_and_second_grads(lambda x: _run(case, x), case["x"], 0)
     for a, b in zip(ours, ref):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
 
@@ -139,7 +139,7 @@ def test_upfirdn2d_rejects_bad_filter():
     with pytest.raises(AssertionError):
         upfirdn2d.upfirdn2d(x, torch.ones(2, 2, dtype=torch.float64))
     with pytest.raises(AssertionError):
-        upfirdn2d.upfirdn2d(x, torch.ones(2, 2), impl='triton')
+        upfirdn2d.upfirdn2d(x, torch.ones(2, 2), impl="triton")
 
 
 # --------------------------------------------------------------------------------------------
@@ -150,27 +150,27 @@ F3 = [1, 2, 1]
 
 # wrapper, taps, factor [x, y], expected base padding [x0, x1, y0, y1], naive up, naive down, extra gain
 WRAPPER_TABLE = [
-    ('filter2d', F4, None, [2, 1, 2, 1], (1, 1), (1, 1), 1),
-    ('filter2d', F3, None, [1, 1, 1, 1], (1, 1), (1, 1), 1),
-    ('upsample2d', F4, [2, 2], [2, 1, 2, 1], (2, 2), (1, 1), 4),
-    ('upsample2d', F3, [2, 2], [2, 0, 2, 0], (2, 2), (1, 1), 4),
-    ('upsample2d', F4, [3, 2], [3, 0, 2, 1], (3, 2), (1, 1), 6),
-    ('upsample2d', F3, [3, 1], [2, 0, 1, 1], (3, 1), (1, 1), 3),
-    ('downsample2d', F4, [2, 2], [1, 1, 1, 1], (1, 1), (2, 2), 1),
-    ('downsample2d', F4, [2, 3], [1, 1, 1, 0], (1, 1), (2, 3), 1),
-    ('downsample2d', F3, [3, 2], [0, 0, 1, 0], (1, 1), (3, 2), 1),
-    ('downsample2d', F3, [2, 3], [1, 0, 0, 0], (1, 1), (2, 3), 1),
+    ("filter2d", F4, None, [2, 1, 2, 1], (1, 1), (1, 1), 1),
+    ("filter2d", F3, None, [1, 1, 1, 1], (1, 1), (1, 1), 1),
+    ("upsample2d", F4, [2, 2], [2, 1, 2, 1], (2, 2), (1, 1), 4),
+    ("upsample2d", F3, [2, 2], [2, 0, 2, 0], (2, 2), (1, 1), 4),
+    ("upsample2d", F4, [3, 2], [3, 0, 2, 1], (3, 2), (1, 1), 6),
+    ("upsample2d", F3, [3, 1], [2, 0, 1, 1], (3, 1), (1, 1), 3),
+    ("downsample2d", F4, [2, 2], [1, 1, 1, 1], (1, 1), (2, 2), 1),
+    ("downsample2d", F4, [2, 3], [1, 1, 1, 0], (1, 1), (2, 3), 1),
+    ("downsample2d", F3, [3, 2], [0, 0, 1, 0], (1, 1), (3, 2), 1),
+    ("downsample2d", F3, [2, 3], [1, 0, 0, 0], (1, 1), (2, 3), 1),
 ]
 
 
-@pytest.mark.parametrize('name,taps,factor,base,up,down,gain_mult', WRAPPER_TABLE)
-@pytest.mark.parametrize('user_pad,extra', [(0, (0, 0, 0, 0)), ([1, 0, -1, 2], (1, 0, -1, 2)), ([1, 2], (1, 1, 2, 2))])
+@pytest.mark.parametrize("name,taps,factor,base,up,down,gain_mult", WRAPPER_TABLE)
+@pytest.mark.parametrize("user_pad,extra", [(0, (0, 0, 0, 0)), ([1, 0, -1, 2], (1, 0, -1, 2)), ([1, 2], (1, 1, 2, 2))])
 def test_wrappers_padding(name, taps, factor, base, up, down, gain_mult, user_pad, extra):
     x = torch.randn(2, 2, 6, 7, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
     f = upfirdn2d.setup_filter(taps)
     kwargs = dict(padding=user_pad, flip_filter=True, gain=2)
     if factor is not None:
-        kwargs['up' if name == 'upsample2d' else 'down'] = factor
+        kwargs["up" if name == "upsample2d" else "down"] = factor
     ours = getattr(upfirdn2d, name)(x, f, **kwargs)
     pad = [b + e for b, e in zip(base, extra)]
     ref = naive_upfirdn2d(x, filter_2d(f), up=up, down=down, pad=pad, gain=2 * gain_mult, correlate=True)
@@ -209,21 +209,21 @@ class FakeUpfirdn2dPlugin:
                                gain=gain, correlate=flip)
 
 
-@pytest.mark.parametrize('seed', range(6))
+@pytest.mark.parametrize("seed", range(6))
 def test_cuda_autograd_function_with_fake_plugin(seed, monkeypatch):
-    monkeypatch.setattr(upfirdn2d, '_plugin', FakeUpfirdn2dPlugin)
+    monkeypatch.setattr(upfirdn2d, "_plugin", FakeUpfirdn2dPlugin)
     case = _random_case(np.random.RandomState(1000 + seed))
-    cfg = upfirdn2d._cuda_config(case['up'], case['down'], case['padding'], case['flip_filter'], case['gain'])
+    cfg = upfirdn2d._cuda_config(case["up"], case["down"], case["padding"], case["flip_filter"], case["gain"])
     before = FakeUpfirdn2dPlugin.calls
-    ours = _first_and_second_grads(lambda x: upfirdn2d._Upfirdn2dCuda.apply(x, case['f'], cfg), case['x'], seed)
+    ours = _first_and_second_grads(lambda x: upfirdn2d._Upfirdn2dCuda.apply(x, case["f"], cfg), case["x"], seed)
     assert FakeUpfirdn2dPlugin.calls > before
-    ref = _first_and_second_grads(lambda x: _run(case, x), case['x'], seed)
+    ref = _first_and_second_grads(lambda x: _run(case, x), case["x"], seed)
     for a, b in zip(ours, ref):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
 
 
 def test_cuda_autograd_function_gradgradcheck(monkeypatch):
-    monkeypatch.setattr(upfirdn2d, '_plugin', FakeUpfirdn2dPlugin)
+    monkeypatch.setattr(upfirdn2d, "_plugin", FakeUpfirdn2dPlugin)
     f = upfirdn2d.setup_filter([1, 3, 3, 1], separable=True)
     cfg = upfirdn2d._cuda_config(2, [1, 2], [2, 1, -1, 1], False, 4)
     x = torch.randn(1, 2, 4, 3, dtype=torch.float64, requires_grad=True)
@@ -234,7 +234,7 @@ def test_cuda_autograd_function_gradgradcheck(monkeypatch):
 
 def test_cpu_tensors_never_touch_the_plugin(monkeypatch):
     def fail():
-        raise AssertionError('plugin looked up for a CPU tensor')
-    monkeypatch.setattr(upfirdn2d, '_init', fail)
+        raise AssertionError("plugin looked up for a CPU tensor")
+    monkeypatch.setattr(upfirdn2d, "_init", fail)
     x = torch.randn(1, 1, 4, 4)
     upfirdn2d.upsample2d(x, upfirdn2d.setup_filter(F4))

@@ -1,13 +1,15 @@
-"""Small PyTorch helpers shared by the networks, the ops and the training loop.
+"""Small PyTorch helpers used by the networks, the ops and the training loop.
 
-Names, signatures and behaviour follow the upstream StyleGAN2-ADA `torch_utils.misc`, so that
-network code persisted into pickles runs unchanged against either implementation.
+The names and parameter lists are the official StyleGAN2-ADA `torch_utils.misc` API, because the network
+source we persist into pickles calls them and may run against either code base. Contracts:
+docs/architecture-ops.md, section 4.
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
+import itertools
 import re
 import warnings
 from typing import Any, Callable, Iterator, Sequence
@@ -16,254 +18,234 @@ import numpy as np
 import torch
 
 # ---------------------------------------------------------------------------------------------
-# Cached constant tensors: repeated use of the same constant costs no host-to-device copy.
+# Constants and assertions.
 
-_constant_cache: dict = {}
+_constant_cache: dict[tuple, torch.Tensor] = {}
 
 
 def constant(value: Any, shape: Sequence[int] | None = None, dtype: torch.dtype | None = None,
              device: torch.device | str | None = None,
              memory_format: torch.memory_format | None = None) -> torch.Tensor:
-    """Return a (cached, shared, do-not-modify) tensor holding `value` broadcast to `shape`."""
-    value = np.asarray(value)
-    shape = None if shape is None else tuple(shape)
+    """`value` as a tensor (broadcast to `shape`), created once per distinct request and then shared.
+
+    Saves a host-to-device copy per use of a constant; callers must not modify the returned tensor.
+    """
+    array = np.asarray(value)
+    target = None if shape is None else tuple(shape)
     dtype = torch.get_default_dtype() if dtype is None else dtype
-    device = torch.device('cpu') if device is None else torch.device(device)
-    memory_format = torch.contiguous_format if memory_format is None else memory_format
-
-    key = (value.shape, value.dtype, value.tobytes(), shape, dtype, device, memory_format)
-    cached = _constant_cache.get(key)
-    if cached is None:
-        cached = torch.as_tensor(value.copy(), dtype=dtype, device=device)
-        if shape is not None:
-            cached = torch.broadcast_to(cached, torch.broadcast_shapes(cached.shape, shape))
-        cached = cached.contiguous(memory_format=memory_format)
-        _constant_cache[key] = cached
-    return cached
+    device = torch.device("cpu" if device is None else device)
+    layout = torch.contiguous_format if memory_format is None else memory_format
+    key = (array.tobytes(), array.shape, array.dtype, target, dtype, device, layout)
+    if key not in _constant_cache:
+        tensor = torch.as_tensor(array.copy(), dtype=dtype, device=device)
+        if target is not None:
+            tensor = tensor.broadcast_to(torch.broadcast_shapes(tensor.shape, target))
+        _constant_cache[key] = tensor.contiguous(memory_format=layout)
+    return _constant_cache[key]
 
 
-# ---------------------------------------------------------------------------------------------
-# NaN/Inf replacement (kept as a name for upstream compatibility).
-
-nan_to_num = torch.nan_to_num
-
-# Assertion that also works symbolically inside torch.jit.trace().
-symbolic_assert = torch._assert  # pylint: disable=protected-access
+nan_to_num = torch.nan_to_num  # official name; NaN -> 0, +-inf -> the largest finite values
+symbolic_assert = torch._assert  # pylint: disable=protected-access  # an assert that survives torch.jit.trace
 
 
 class suppress_tracer_warnings(warnings.catch_warnings):  # pylint: disable=invalid-name
-    """Context manager that silences torch.jit.TracerWarning (expected when shapes become constants)."""
+    """`with suppress_tracer_warnings():` hides torch.jit.TracerWarning (shapes turning into trace constants)."""
 
     def __enter__(self):
         super().__enter__()
-        warnings.simplefilter('ignore', category=torch.jit.TracerWarning)
+        warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
         return self
 
 
 def assert_shape(tensor: torch.Tensor, ref_shape: Sequence[Any]) -> None:
-    """Raise AssertionError unless `tensor` has shape `ref_shape`; None entries match any size.
+    """AssertionError unless `tensor` has shape `ref_shape`, where None matches any size.
 
-    Tensor-valued sizes (as seen during tracing) are checked symbolically.
+    Sizes that are tensors (under tracing) are compared with symbolic_assert so that the trace keeps the check.
     """
     if tensor.ndim != len(ref_shape):
-        raise AssertionError(f'Wrong number of dimensions: got {tensor.ndim}, expected {len(ref_shape)}')
-    for idx, (size, ref_size) in enumerate(zip(tensor.shape, ref_shape)):
-        if ref_size is None:
+        raise AssertionError(f"Wrong number of dimensions: got {tensor.ndim}, expected {len(ref_shape)}")
+    for axis, (size, wanted) in enumerate(zip(tensor.shape, ref_shape)):
+        if wanted is None:
             continue
-        if isinstance(ref_size, torch.Tensor):
+        if isinstance(size, torch.Tensor) or isinstance(wanted, torch.Tensor):
             with suppress_tracer_warnings():
-                symbolic_assert(torch.equal(torch.as_tensor(size), ref_size), f'Wrong size for dimension {idx}')
-        elif isinstance(size, torch.Tensor):
-            with suppress_tracer_warnings():
-                symbolic_assert(torch.equal(size, torch.as_tensor(ref_size)),
-                                f'Wrong size for dimension {idx}: expected {ref_size}')
-        elif size != ref_size:
-            raise AssertionError(f'Wrong size for dimension {idx}: got {size}, expected {ref_size}')
+                same = torch.equal(torch.as_tensor(size), torch.as_tensor(wanted))
+                symbolic_assert(same, f"Wrong size for dimension {axis}: expected {wanted}")
+        elif size != wanted:
+            raise AssertionError(f"Wrong size for dimension {axis}: got {size}, expected {wanted}")
 
 
 def profiled_function(fn: Callable) -> Callable:
-    """Decorator: run `fn` inside a torch profiler record_function block named after it."""
+    """Decorator: each call of `fn` shows up in the torch profiler as a block named after it."""
     @functools.wraps(fn)
-    def decorator(*args, **kwargs):
+    def profiled(*args, **kwargs):
         with torch.autograd.profiler.record_function(fn.__name__):
             return fn(*args, **kwargs)
-    return decorator
+    return profiled
 
 
 # ---------------------------------------------------------------------------------------------
-# Endless, optionally shuffled sampler for torch.utils.data.DataLoader.
 
 class InfiniteSampler(torch.utils.data.Sampler):
-    """Yield dataset indices forever; with shuffle, items also drift locally within a window.
+    """Dataset indices forever, for torch.utils.data.DataLoader.
 
-    Each replica (`rank` of `num_replicas`) sees every num_replicas-th index of one shared stream.
+    With `shuffle`, the order is a seeded permutation that keeps drifting: after each step the current item
+    swaps places with one at most `window_size * len(dataset)` positions behind it. Replica `rank` of
+    `num_replicas` takes every num_replicas-th index of that one stream.
     """
 
-    def __init__(self, dataset, rank: int = 0, num_replicas: int = 1, shuffle: bool = True,
-                 seed: int = 0, window_size: float = 0.5):
-        assert len(dataset) > 0
-        assert num_replicas > 0
-        assert 0 <= rank < num_replicas
-        assert 0 <= window_size <= 1
+    def __init__(self, dataset, rank: int = 0, num_replicas: int = 1, shuffle: bool = True, seed: int = 0,
+                 window_size: float = 0.5):
+        assert len(dataset) > 0, "InfiniteSampler needs a non-empty dataset"
+        assert num_replicas > 0 and 0 <= rank < num_replicas, f"bad rank {rank} of {num_replicas} replicas"
+        assert 0 <= window_size <= 1, f"window_size must be in [0, 1], got {window_size}"
         super().__init__()
-        self.dataset = dataset
-        self.rank = rank
-        self.num_replicas = num_replicas
-        self.shuffle = shuffle
-        self.seed = seed
-        self.window_size = window_size
+        self.dataset, self.rank, self.num_replicas = dataset, rank, num_replicas
+        self.shuffle, self.seed, self.window_size = shuffle, seed, window_size
 
     def __iter__(self) -> Iterator[int]:
-        order = np.arange(len(self.dataset))
-        rnd = None
-        window = 0
+        size = len(self.dataset)
+        order = np.arange(size)
+        rnd, window = None, 0
         if self.shuffle:
             rnd = np.random.RandomState(self.seed)
             rnd.shuffle(order)
-            window = int(np.rint(order.size * self.window_size))
-
-        step = 0
-        while True:
-            pos = step % order.size
+            window = int(np.rint(size * self.window_size))
+        for step in itertools.count():
+            here = step % size
             if step % self.num_replicas == self.rank:
-                yield order[pos]
+                yield order[here]
             if window >= 2:
-                other = (pos - rnd.randint(window)) % order.size
-                order[pos], order[other] = order[other], order[pos]
-            step += 1
+                there = (here - rnd.randint(window)) % size
+                order[[here, there]] = order[[there, here]]
 
 
 # ---------------------------------------------------------------------------------------------
-# Parameters and buffers.
+# Parameters, buffers and distributed training.
 
-def params_and_buffers(module: torch.nn.Module) -> list:
-    """All parameters followed by all buffers of `module`."""
+def params_and_buffers(module: torch.nn.Module) -> list[torch.Tensor]:
+    """Every parameter, then every buffer of `module`."""
     assert isinstance(module, torch.nn.Module)
-    return list(module.parameters()) + list(module.buffers())
+    return [*module.parameters(), *module.buffers()]
 
 
-def named_params_and_buffers(module: torch.nn.Module) -> list:
-    """(name, tensor) pairs of all parameters followed by all buffers of `module`."""
+def named_params_and_buffers(module: torch.nn.Module) -> list[tuple[str, torch.Tensor]]:
+    """(name, tensor) for every parameter, then every buffer of `module`."""
     assert isinstance(module, torch.nn.Module)
-    return list(module.named_parameters()) + list(module.named_buffers())
+    return [*module.named_parameters(), *module.named_buffers()]
 
 
-@torch.no_grad()  # in-place copies into leaves that may require grad
 def copy_params_and_buffers(src_module: torch.nn.Module, dst_module: torch.nn.Module,
                             require_all: bool = False) -> None:
-    """Copy same-named tensors from `src_module` into `dst_module` in place (requires_grad kept)."""
-    assert isinstance(src_module, torch.nn.Module)
-    assert isinstance(dst_module, torch.nn.Module)
-    src_tensors = dict(named_params_and_buffers(src_module))
-    for name, tensor in named_params_and_buffers(dst_module):
-        assert (name in src_tensors) or (not require_all)
-        if name in src_tensors:
-            tensor.copy_(src_tensors[name].detach()).requires_grad_(tensor.requires_grad)
+    """Overwrite, in place, each parameter/buffer of `dst_module` with the same-named one of `src_module`.
+
+    Names `src_module` lacks are left alone, or are an AssertionError with `require_all`.
+    """
+    assert isinstance(src_module, torch.nn.Module) and isinstance(dst_module, torch.nn.Module)
+    source = dict(named_params_and_buffers(src_module))
+    with torch.no_grad():  # in-place writes into leaves that may require grad; their flag stays as it is
+        for name, target in named_params_and_buffers(dst_module):
+            if name in source:
+                target.copy_(source[name])
+            else:
+                assert not require_all, f"copy_params_and_buffers: {name} is missing from the source module"
 
 
 @contextlib.contextmanager
-def ddp_sync(module: torch.nn.Module, sync: bool):
-    """Context manager: skip DistributedDataParallel gradient sync unless `sync` is true."""
+def ddp_sync(module: torch.nn.Module, sync: bool) -> Iterator[None]:
+    """Context: a DistributedDataParallel `module` skips its gradient all-reduce unless `sync`."""
     assert isinstance(module, torch.nn.Module)
-    if sync or not isinstance(module, torch.nn.parallel.DistributedDataParallel):
+    skip = not sync and isinstance(module, torch.nn.parallel.DistributedDataParallel)
+    with module.no_sync() if skip else contextlib.nullcontext():
         yield
-    else:
-        with module.no_sync():
-            yield
 
 
 def check_ddp_consistency(module: torch.nn.Module, ignore_regex: str | None = None) -> None:
-    """Assert that every parameter/buffer equals rank 0's copy (NaNs compare equal)."""
+    """Assert that each parameter/buffer equals rank 0's copy (NaNs count as equal).
+
+    Names are '<class name>.<tensor name>'; those fully matching `ignore_regex` are skipped.
+    """
     assert isinstance(module, torch.nn.Module)
     for name, tensor in named_params_and_buffers(module):
-        fullname = type(module).__name__ + '.' + name
-        if ignore_regex is not None and re.fullmatch(ignore_regex, fullname):
+        qualified = f"{type(module).__name__}.{name}"
+        if ignore_regex is not None and re.fullmatch(ignore_regex, qualified):
             continue
-        tensor = tensor.detach()
-        other = tensor.clone()
-        torch.distributed.broadcast(tensor=other, src=0)
-        assert (nan_to_num(tensor) == nan_to_num(other)).all(), fullname
+        mine = tensor.detach()
+        rank0 = mine.clone()
+        torch.distributed.broadcast(tensor=rank0, src=0)
+        assert torch.equal(nan_to_num(mine), nan_to_num(rank0)), qualified
 
 
 # ---------------------------------------------------------------------------------------------
-# Module summary table.
+# Summary table of a forward pass.
 
-class _SummaryEntry:
-    """One module call seen while running the module for print_module_summary()."""
+def _tensors(outputs: Any) -> list[torch.Tensor]:
+    items = outputs if isinstance(outputs, (tuple, list)) else [outputs]
+    return [t for t in items if isinstance(t, torch.Tensor)]
 
-    def __init__(self, mod: torch.nn.Module, outputs: list):
-        self.mod = mod
-        self.outputs = outputs
-        self.unique_params: list = []
-        self.unique_buffers: list = []
-        self.unique_outputs: list = []
+
+def _record_calls(module: torch.nn.Module, inputs: Sequence[Any], kwargs: dict, max_nesting: int) -> tuple:
+    """Run the module; return (outputs, [(submodule, output tensors)] in order of completion)."""
+    calls: list[tuple[torch.nn.Module, list[torch.Tensor]]] = []
+    depth = 0
+
+    def before(_mod, _inputs):
+        nonlocal depth
+        depth += 1
+
+    def after(mod, _inputs, outputs):
+        nonlocal depth
+        depth -= 1
+        if depth <= max_nesting:
+            calls.append((mod, _tensors(outputs)))
+
+    handles = [m.register_forward_pre_hook(before) for m in module.modules()]
+    handles += [m.register_forward_hook(after) for m in module.modules()]
+    try:
+        outputs = module(*inputs, **kwargs)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return outputs, calls
 
 
 def print_module_summary(module: torch.nn.Module, inputs: Sequence[Any], max_nesting: int = 3,
                          skip_redundant: bool = True, kwargs: dict | None = None) -> Any:
-    """Run `module(*inputs, **kwargs)`, print a table of submodules (params, buffers, outputs); return outputs."""
-    assert isinstance(module, torch.nn.Module)
-    assert not isinstance(module, torch.jit.ScriptModule)
+    """Run `module(*inputs, **kwargs)` and print per submodule: parameters, buffers, output shapes and dtypes.
+
+    A tensor is counted at the first call that owns it (the innermost, as calls are listed when they finish);
+    with `skip_redundant`, calls that own nothing new are left out. Returns the module's outputs.
+    """
+    assert isinstance(module, torch.nn.Module) and not isinstance(module, torch.jit.ScriptModule)
     assert isinstance(inputs, (tuple, list))
+    outputs, calls = _record_calls(module, inputs, kwargs or {}, max_nesting)
 
-    entries: list[_SummaryEntry] = []
-    depth = [0]
-
-    def pre_hook(_mod, _inputs):
-        depth[0] += 1
-
-    def post_hook(mod, _inputs, outputs):
-        depth[0] -= 1
-        if depth[0] <= max_nesting:
-            outs = list(outputs) if isinstance(outputs, (tuple, list)) else [outputs]
-            entries.append(_SummaryEntry(mod, [t for t in outs if isinstance(t, torch.Tensor)]))
-
-    hooks = [mod.register_forward_pre_hook(pre_hook) for mod in module.modules()]
-    hooks += [mod.register_forward_hook(post_hook) for mod in module.modules()]
-    try:
-        outputs = module(*inputs, **(kwargs or {}))
-    finally:
-        for hook in hooks:
-            hook.remove()
-
-    # Attribute every tensor to the first (innermost, earliest finished) entry that owns it.
-    seen: set = set()
-    for e in entries:
-        e.unique_params = [t for t in e.mod.parameters() if id(t) not in seen]
-        e.unique_buffers = [t for t in e.mod.buffers() if id(t) not in seen]
-        e.unique_outputs = [t for t in e.outputs if id(t) not in seen]
-        seen |= {id(t) for t in e.unique_params + e.unique_buffers + e.unique_outputs}
-    if skip_redundant:
-        entries = [e for e in entries if e.unique_params or e.unique_buffers or e.unique_outputs]
-
-    rows = [[type(module).__name__, 'Parameters', 'Buffers', 'Output shape', 'Datatype']]
-    rows.append(['---'] * len(rows[0]))
-    param_total = 0
-    buffer_total = 0
     names = {mod: name for name, mod in module.named_modules()}
-    for e in entries:
-        name = '<top-level>' if e.mod is module else names[e.mod]
-        n_params = sum(t.numel() for t in e.unique_params)
-        n_buffers = sum(t.numel() for t in e.unique_buffers)
-        shapes = [str(list(t.shape)) for t in e.outputs]
-        dtypes = [str(t.dtype).split('.')[-1] for t in e.outputs]
-        rows.append([
-            name + (':0' if len(e.outputs) >= 2 else ''),
-            str(n_params) if n_params else '-',
-            str(n_buffers) if n_buffers else '-',
-            (shapes + ['-'])[0],
-            (dtypes + ['-'])[0],
-        ])
-        for idx in range(1, len(e.outputs)):
-            rows.append([name + f':{idx}', '-', '-', shapes[idx], dtypes[idx]])
-        param_total += n_params
-        buffer_total += n_buffers
-    rows.append(['---'] * len(rows[0]))
-    rows.append(['Total', str(param_total), str(buffer_total), '-', '-'])
+    counted: set[int] = set()
+    table = [[type(module).__name__, "Parameters", "Buffers", "Output shape", "Datatype"], ["---"] * 5]
+    total_params = total_buffers = 0
+    for mod, outs in calls:
+        params = [t for t in mod.parameters() if id(t) not in counted]
+        buffers = [t for t in mod.buffers() if id(t) not in counted]
+        fresh = [t for t in outs if id(t) not in counted]
+        counted.update(id(t) for t in params + buffers + fresh)
+        if skip_redundant and not (params or buffers or fresh):
+            continue
+        n_params = sum(t.numel() for t in params)
+        n_buffers = sum(t.numel() for t in buffers)
+        total_params += n_params
+        total_buffers += n_buffers
+        label = "<top-level>" if mod is module else names[mod]
+        described = [(str(list(t.shape)), str(t.dtype).rsplit(".", 1)[-1]) for t in outs] or [("-", "-")]
+        for idx, (shape, dtype) in enumerate(described):
+            row_label = f"{label}:{idx}" if len(outs) >= 2 else label
+            counts = (str(n_params or "-"), str(n_buffers or "-")) if idx == 0 else ("-", "-")
+            table.append([row_label, *counts, shape, dtype])
+    table += [["---"] * 5, ["Total", str(total_params), str(total_buffers), "-", "-"]]
 
-    widths = [max(len(cell) for cell in column) for column in zip(*rows)]
+    widths = [max(len(row[col]) for row in table) for col in range(5)]
     print()
-    for row in rows:
-        print('  '.join(cell.ljust(width) for cell, width in zip(row, widths)))
+    for row in table:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)))
     print()
     return outputs

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # "Does the rooted objective help?" at demo scale: fine-tune assets/demo-source.pkl on the 300 Animal-MNIST dogs
 # with logistic, rooted k=2 and rooted k=8, five seeds each, the same budget and options, FID/KID of 300 generated
-# images (= the training set size) against the 700 held-out dogs at kimg 0, 4, 8 and 12.
+# images (= the training set size; the demo's fine-tuning options, see stylegan_rlo/demo.py) against the 700 held-out dogs at kimg 0, 4, 8 and 12.
 # Outputs: experiments/animals-to-dogs/{summary.md,summary.json,metrics.png,grid-*.png} (runs/ is not committed).
 # Usage: bash experiments/animals-to-dogs/run.sh    (hours on 2 CPU cores; minutes on a GPU with --device cuda)
 set -euo pipefail
@@ -10,11 +10,11 @@ PY=.venv/bin/python
 DEVICE="${DEVICE:-cpu}"
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-2}"
 $PY -c "from stylegan_rlo.demo_data import build_demo_datasets; build_demo_datasets('.cache/demo-data', '.cache/demo-wheel')"
-$PY scripts/compare_objectives.py --network assets/demo-source.pkl \
+$PY scripts/compare_objectives.py --network stylegan_rlo/assets/demo-source.pkl \
     --data .cache/demo-data/dogs.zip --ref .cache/demo-data/dogs-heldout.zip \
     --objectives logistic,rooted:2,rooted:8 --seeds 0-4 --kimg 12 --snap-kimg 4 \
     --metrics fid50k_full,kid50k_full --metrics-num 300 \
-    --batch 16 --mirror 1 --aug ada --gamma 0.01 --ema-kimg 2 --workers 1 \
+    --batch 32 --mirror 1 --aug ada --gamma 0.1 --glr 0.001 --dlr 0.001 --ema-kimg 2 --workers 1 \
     --outdir experiments/animals-to-dogs/out --device "$DEVICE"
 for f in summary.md summary.json metrics.png; do cp experiments/animals-to-dogs/out/$f experiments/animals-to-dogs/; done
 cp experiments/animals-to-dogs/out/grid-*-seed0.png experiments/animals-to-dogs/

@@ -7,6 +7,7 @@
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>  // only c10 CUDA headers: ATen/cuda would also need the cuBLAS/cuSPARSE headers
+#include <algorithm>
 #include "bias_act.h"
 
 // Same sizes, and the same stride along every dimension where the stride matters (size >= 2).
@@ -18,6 +19,12 @@ static bool same_layout(const torch::Tensor& a, const torch::Tensor& b)
         if (a.size(i) >= 2 && a.stride(i) != b.stride(i))
             return false;
     return true;
+}
+
+// Address of an optional tensor's data; NULL for the empty tensor that stands for "absent".
+static const void* data_or_null(const torch::Tensor& t)
+{
+    return t.numel() ? t.data_ptr() : nullptr;
 }
 
 static void check_companion(const torch::Tensor& t, const torch::Tensor& x, const char* name)
@@ -59,20 +66,12 @@ static torch::Tensor bias_act(torch::Tensor x, torch::Tensor b, torch::Tensor xr
     if (x.numel() == 0)
         return y;
 
-    ba_params p;
-    p.x      = x.data_ptr();
-    p.b      = b.numel()    ? b.data_ptr()    : nullptr;
-    p.xref   = xref.numel() ? xref.data_ptr() : nullptr;
-    p.yref   = yref.numel() ? yref.data_ptr() : nullptr;
-    p.dy     = dy.numel()   ? dy.data_ptr()   : nullptr;
-    p.y      = y.data_ptr();
-    p.grad   = grad;
-    p.act    = act;
-    p.alpha  = alpha;
-    p.gain   = gain;
-    p.clamp  = clamp;
+    ba_params p = {};
+    p.x = x.data_ptr();  p.y = y.data_ptr();
+    p.b = data_or_null(b);  p.xref = data_or_null(xref);  p.yref = data_or_null(yref);  p.dy = data_or_null(dy);
+    p.grad = grad;  p.act = act;  p.alpha = alpha;  p.gain = gain;  p.clamp = clamp;
     p.size_x = x.numel();
-    p.size_b = b.numel() ? b.numel() : 1;
+    p.size_b = std::max<int64_t>(b.numel(), 1);
     p.step_b = (b.numel() > 1) ? x.stride(dim) : 1; // a size-1 dimension may carry any stride, even 0
 
     void* stream = c10::cuda::getCurrentCUDAStream().stream();

@@ -1,8 +1,9 @@
-"""Fused bias + activation + gain + clamp (upstream-compatible `bias_act`).
+"""bias_act: bias, activation, gain and clamp in one op, with gradients of any order.
 
-The PyTorch path (`impl='ref'`) is the reference. With the default `impl='cuda'`, CUDA tensors use the
-compiled `bias_act_plugin` when it can be built (see torch_utils.custom_ops); elsewhere linear/relu/lrelu run
-through a fused PyTorch autograd function and the other activations through the reference.
+Specification: docs/architecture-ops.md, section 3. Three implementations of the same function:
+- `_bias_act_ref`: plain PyTorch ops and autograd (impl='ref', and whatever the others do not cover);
+- `_BiasActCuda`: the compiled `bias_act_plugin` (impl='cuda', CUDA tensors, when it builds);
+- `_BiasActTorch`: linear/relu/lrelu fused in one buffer, for impl='cuda' without the plugin (e.g. CPU).
 """
 
 from __future__ import annotations
@@ -18,8 +19,8 @@ from .. import misc
 
 
 class ActivationSpec(NamedTuple):
-    """One activation: its function, default alpha and gain, plugin index, which forward tensor
-    (x = input, y = output) its derivative needs, and whether it has a nonzero second derivative."""
+    """An activation (official field names): `func(x, alpha=...)`, default alpha and gain, plugin id, which
+    forward tensor its derivative is computed from ('x' input, 'y' output, '' none), nonzero 2nd derivative."""
     func: Callable
     def_alpha: float
     def_gain: float
@@ -28,230 +29,255 @@ class ActivationSpec(NamedTuple):
     has_2nd_grad: bool
 
 
-activation_funcs = {
-    'linear':   ActivationSpec(lambda x, **_: x,                           0,   1,          1, '',  False),
-    'relu':     ActivationSpec(lambda x, **_: F.relu(x),                   0,   np.sqrt(2), 2, 'y', False),
-    'lrelu':    ActivationSpec(lambda x, alpha, **_: F.leaky_relu(x, alpha), 0.2, np.sqrt(2), 3, 'y', False),
-    'tanh':     ActivationSpec(lambda x, **_: torch.tanh(x),               0,   1,          4, 'y', True),
-    'sigmoid':  ActivationSpec(lambda x, **_: torch.sigmoid(x),            0,   1,          5, 'y', True),
-    'elu':      ActivationSpec(lambda x, **_: F.elu(x),                    0,   1,          6, 'y', True),
-    'selu':     ActivationSpec(lambda x, **_: F.selu(x),                   0,   1,          7, 'y', True),
-    'softplus': ActivationSpec(lambda x, **_: F.softplus(x),               0,   1,          8, 'y', True),
-    'swish':    ActivationSpec(lambda x, **_: torch.sigmoid(x) * x,        0,   np.sqrt(2), 9, 'x', True),
-}
+_ACTIVATIONS = (
+    # name       function                                               alpha gain        id ref  2nd
+    ("linear",   lambda x, **_: x,                                      0,    1,          1, "",  False),
+    ("relu",     lambda x, **_: F.relu(x),                              0,    np.sqrt(2), 2, "y", False),
+    ("lrelu",    lambda x, alpha, **_: F.leaky_relu(x, alpha),          0.2,  np.sqrt(2), 3, "y", False),
+    ("tanh",     lambda x, **_: torch.tanh(x),                          0,    1,          4, "y", True),
+    ("sigmoid",  lambda x, **_: torch.sigmoid(x),                       0,    1,          5, "y", True),
+    ("elu",      lambda x, **_: F.elu(x),                               0,    1,          6, "y", True),
+    ("selu",     lambda x, **_: F.selu(x),                              0,    1,          7, "y", True),
+    ("softplus", lambda x, **_: F.softplus(x),                          0,    1,          8, "y", True),
+    ("swish",    lambda x, **_: torch.sigmoid(x) * x,                   0,    np.sqrt(2), 9, "x", True),
+)
+activation_funcs = {row[0]: ActivationSpec(*row[1:]) for row in _ACTIVATIONS}
 
 # ---------------------------------------------------------------------------------------------
-# CUDA plugin, looked up lazily once per process.
+# The compiled plugin: built or loaded on first use, at most once per process.
 
 _plugin = None
 _plugin_checked = False
-_null_tensor = torch.empty([0])
+_null_tensor = torch.empty([0])  # the plugin's "absent" argument
 
 
 def _init() -> bool:
-    """Build/load the CUDA plugin on first use; True when it is available."""
+    """True when the CUDA plugin is usable (the first call builds or loads it)."""
     global _plugin, _plugin_checked  # pylint: disable=global-statement
-    if not _plugin_checked:
-        _plugin_checked = True
-        from .. import custom_ops  # imported lazily: the build machinery is needed only on CUDA
-        _plugin = custom_ops.get_plugin('bias_act_plugin', sources=['bias_act.cpp', 'bias_act.cu'],
-                                        headers=['bias_act.h'], source_dir=os.path.dirname(__file__),
-                                        extra_cuda_cflags=['--use_fast_math'])
+    if _plugin_checked:
+        return _plugin is not None
+    _plugin_checked = True
+    from .. import custom_ops  # lazy: the build machinery matters only for CUDA tensors
+    _plugin = custom_ops.get_plugin("bias_act_plugin", sources=["bias_act.cpp", "bias_act.cu"],
+                                    headers=["bias_act.h"], source_dir=os.path.dirname(__file__),
+                                    extra_cuda_cflags=["--use_fast_math"])
     return _plugin is not None
 
 
-def _resolve(act: str, alpha: float | None, gain: float | None, clamp: float | None) -> tuple:
-    """Fill in the activation's defaults: (spec, alpha, gain, clamp) with clamp = -1 meaning none."""
-    assert clamp is None or clamp >= 0
-    spec = activation_funcs[act]
-    alpha = float(alpha if alpha is not None else spec.def_alpha)
-    gain = float(gain if gain is not None else spec.def_gain)
-    clamp = float(clamp if clamp is not None else -1)
-    return spec, alpha, gain, clamp
-
-
 # ---------------------------------------------------------------------------------------------
+# Shared helpers.
 
-def bias_act(x: torch.Tensor, b: torch.Tensor | None = None, dim: int = 1, act: str = 'linear',
-             alpha: float | None = None, gain: float | None = None, clamp: float | None = None,
-             impl: str = 'cuda') -> torch.Tensor:
-    """y = clamp(act(x + b, alpha) * gain, -clamp, clamp); each step optional.
-
-    `b` is 1D and broadcast along dimension `dim` of `x`; alpha/gain default per activation (see
-    `activation_funcs`); clamp=None disables clamping. First and second order gradients supported.
-    """
-    assert isinstance(x, torch.Tensor)
-    assert impl in ['ref', 'cuda']
-    if impl == 'cuda' and x.device.type == 'cuda' and _init():
-        return _BiasActCuda.apply(x, b, (dim, act, *_resolve(act, alpha, gain, clamp)[1:]))
-    if impl == 'cuda':
-        _spec, r_alpha, r_gain, r_clamp = _resolve(act, alpha, gain, clamp)
-        if act in _OUTPUT_DERIVATIVE_ACTS and r_gain > 0 and r_alpha >= 0 and (act != 'linear' or r_clamp >= 0):
-            _check_bias(x, b, dim)
-            return _BiasActTorch.apply(x, b, (dim, act, r_alpha, r_gain, r_clamp))
-    return _bias_act_ref(x=x, b=b, dim=dim, act=act, alpha=alpha, gain=gain, clamp=clamp)
+def _settings(act: str, alpha: float | None, gain: float | None, clamp: float | None) -> tuple[float, float, float]:
+    """(alpha, gain, clamp) with the activation's defaults filled in; clamp -1 stands for "no clamp"."""
+    spec = activation_funcs[act]  # KeyError names an unknown activation
+    assert clamp is None or clamp >= 0, f"clamp must be None or >= 0, got {clamp}"
+    return (float(spec.def_alpha if alpha is None else alpha), float(spec.def_gain if gain is None else gain),
+            -1.0 if clamp is None else float(clamp))
 
 
 def _check_bias(x: torch.Tensor, b: torch.Tensor | None, dim: int) -> None:
-    """`b` must be None or a 1D tensor as long as dimension `dim` of `x`."""
-    if b is not None:
-        assert isinstance(b, torch.Tensor) and b.ndim == 1
-        assert 0 <= dim < x.ndim
-        assert b.shape[0] == x.shape[dim]
+    """`b` must be None or 1D with as many entries as `x` has along `dim`."""
+    if b is None:
+        return
+    assert isinstance(b, torch.Tensor) and b.ndim == 1, "bias must be a 1D tensor"
+    assert 0 <= dim < x.ndim, f"dim {dim} out of range for a {x.ndim}D input"
+    assert b.shape[0] == x.shape[dim], f"bias has {b.shape[0]} entries, input has {x.shape[dim]} along dim {dim}"
 
 
-@misc.profiled_function
-def _bias_act_ref(x: torch.Tensor, b: torch.Tensor | None = None, dim: int = 1, act: str = 'linear',
-                  alpha: float | None = None, gain: float | None = None,
-                  clamp: float | None = None) -> torch.Tensor:
-    """Reference implementation with standard PyTorch ops."""
-    assert isinstance(x, torch.Tensor)
-    spec, alpha, gain, clamp = _resolve(act, alpha, gain, clamp)
-    _check_bias(x, b, dim)
-    if b is not None:
-        x = x + b.reshape([-1 if i == dim else 1 for i in range(x.ndim)])
-    x = spec.func(x, alpha=alpha)
-    if gain != 1:
-        x = x * gain
-    if clamp >= 0:
-        x = x.clamp(-clamp, clamp)
-    return x
-
-
-# ---------------------------------------------------------------------------------------------
-# Fused PyTorch path (CPU, or CUDA without the plugin) for activations whose derivative follows from the output
-# y (with gain > 0 and alpha >= 0) and whose second derivative is zero. The forward works in place on one buffer and the backward
-# uses single-pass derivative kernels; the reference chain needs several passes and boolean masks per step.
-
-_OUTPUT_DERIVATIVE_ACTS = ('linear', 'relu', 'lrelu')
-
-
-class _BiasActTorch(torch.autograd.Function):
-    """y = clamp(act(x + b) * gain); saves only y. cfg = (dim, act, alpha, gain, clamp) with defaults resolved."""
-
-    @staticmethod
-    def forward(ctx, x, b, cfg):  # pylint: disable=arguments-differ
-        dim, act, alpha, gain, clamp = cfg
-        y = x + b.reshape([-1 if i == dim else 1 for i in range(x.ndim)]) if b is not None else x.clone()
-        if act != 'linear':
-            F.leaky_relu(y, alpha if act == 'lrelu' else 0.0, inplace=True)
-        if gain != 1:
-            y.mul_(gain)
-        if clamp >= 0:
-            y.clamp_(-clamp, clamp)
-        ctx.save_for_backward(y)
-        ctx.cfg = cfg
-        return y
-
-    @staticmethod
-    def backward(ctx, dy):  # pylint: disable=arguments-differ
-        y, = ctx.saved_tensors
-        dx = _BiasActTorchGrad.apply(dy, y, ctx.cfg)
-        db = _sum_except(dx, ctx.cfg[0]) if ctx.needs_input_grad[1] else None
-        return dx, db, None
-
-
-class _BiasActTorchGrad(torch.autograd.Function):
-    """dx = f'(z) * gain * dy (zero where the forward clamped), read off y; linear in dy, so it is its own
-    derivative (the activation's second derivative is zero)."""
-
-    @staticmethod
-    def forward(ctx, dy, y, cfg):  # pylint: disable=arguments-differ
-        _dim, act, alpha, gain, clamp = cfg
-        ctx.save_for_backward(y)
-        ctx.cfg = cfg
-        dx = dy
-        if act != 'linear':  # y > 0 exactly where z > 0, since gain > 0 and clamping keeps the sign
-            dx = torch.ops.aten.leaky_relu_backward(dx, y, alpha if act == 'lrelu' else 0.0, False)
-        if clamp >= 0:  # strictly inside (-clamp, clamp), as in the CUDA kernel
-            dx = torch.ops.aten.hardtanh_backward(dx, y, -clamp, clamp)
-        if gain != 1:
-            dx = dx * gain if dx is dy else dx.mul_(gain)
-        return dx
-
-    @staticmethod
-    def backward(ctx, d_dx):  # pylint: disable=arguments-differ
-        y, = ctx.saved_tensors
-        d_dy = _BiasActTorchGrad.apply(d_dx, y, ctx.cfg) if ctx.needs_input_grad[0] else None
-        return d_dy, None, None
-
-
-# ---------------------------------------------------------------------------------------------
-# CUDA path. cfg = (dim, act, alpha, gain, clamp) with defaults resolved.
-# Plugin modes: grad=0 forward, grad=1 first derivative (times dy), grad=2 second-derivative term.
-
-def _memory_format(t: torch.Tensor) -> torch.memory_format:
-    return torch.channels_last if t.ndim > 2 and t.stride()[1] == 1 else torch.contiguous_format
+def _along(b: torch.Tensor, dim: int, ndim: int) -> torch.Tensor:
+    """View of the 1D `b` that broadcasts along dimension `dim` of an `ndim`-D tensor."""
+    shape = [1] * ndim
+    shape[dim] = -1
+    return b.reshape(shape)
 
 
 def _sum_except(t: torch.Tensor, dim: int) -> torch.Tensor:
-    """Reduce to the bias shape (an empty dim list would make torch sum over everything)."""
-    others = [i for i in range(t.ndim) if i != dim]
-    return t.sum(others) if others else t
+    """Sum over every dimension but `dim` (the bias gradient); a 1D `t` is returned as is."""
+    dims = [i for i in range(t.ndim) if i != dim]
+    return t.sum(dims) if dims else t
 
 
-class _BiasActCuda(torch.autograd.Function):
-    """Forward through the plugin; saves only the tensors the activation's derivative needs."""
+# ---------------------------------------------------------------------------------------------
+
+def bias_act(x: torch.Tensor, b: torch.Tensor | None = None, dim: int = 1, act: str = "linear",
+             alpha: float | None = None, gain: float | None = None, clamp: float | None = None,
+             impl: str = "cuda") -> torch.Tensor:
+    """y = clamp(act(x + b, alpha) * gain, -clamp, clamp), `b` broadcast along `dim`; None skips a step.
+
+    alpha and gain default per activation (`activation_funcs`); gradients of any order.
+    """
+    assert isinstance(x, torch.Tensor)
+    assert impl in ("ref", "cuda"), f"impl must be 'ref' or 'cuda', got {impl!r}"
+    if impl == "cuda":
+        cfg = (dim, act, *_settings(act, alpha, gain, clamp))
+        if x.device.type == "cuda" and _init():
+            return _BiasActCuda.apply(x, b, cfg)
+        if _fusable(*cfg[1:]):
+            _check_bias(x, b, dim)
+            return _BiasActTorch.apply(x, b, cfg)
+    return _bias_act_ref(x, b, dim, act, alpha, gain, clamp)
+
+
+@misc.profiled_function
+def _bias_act_ref(x: torch.Tensor, b: torch.Tensor | None = None, dim: int = 1, act: str = "linear",
+                  alpha: float | None = None, gain: float | None = None,
+                  clamp: float | None = None) -> torch.Tensor:
+    """The op from standard PyTorch ops; autograd provides every gradient."""
+    assert isinstance(x, torch.Tensor)
+    alpha, gain, clamp = _settings(act, alpha, gain, clamp)
+    _check_bias(x, b, dim)
+    z = x if b is None else x + _along(b, dim, x.ndim)
+    y = activation_funcs[act].func(z, alpha=alpha)
+    y = y * gain if gain != 1 else y
+    return y.clamp(-clamp, clamp) if clamp >= 0 else y
+
+
+# ---------------------------------------------------------------------------------------------
+# Fused PyTorch path. For linear/relu/lrelu with gain > 0 and alpha >= 0 the sign of the output equals the sign
+# of x + b, so the output alone gives the derivative, and the second derivative is zero. The forward works in one
+# buffer and the backward is one pass per step, where the reference chain needs several passes and masks.
+
+_FUSABLE_ACTS = ("linear", "relu", "lrelu")
+
+
+def _fusable(act: str, alpha: float, gain: float, clamp: float) -> bool:
+    """Whether the fused path computes this case (a bare linear op gains nothing from it unless clamped)."""
+    return act in _FUSABLE_ACTS and gain > 0 and alpha >= 0 and (act != "linear" or clamp >= 0)
+
+
+def _negative_slope(act: str, alpha: float) -> float:
+    return alpha if act == "lrelu" else 0.0
+
+
+class _BiasActTorch(torch.autograd.Function):
+    """Fused forward that keeps only its output; cfg = (dim, act, alpha, gain, clamp), defaults resolved."""
 
     @staticmethod
     def forward(ctx, x, b, cfg):  # pylint: disable=arguments-differ
         dim, act, alpha, gain, clamp = cfg
-        spec = activation_funcs[act]
-        ctx.memory_format = _memory_format(x)
-        x = x.contiguous(memory_format=ctx.memory_format)
-        b = b.contiguous() if b is not None else _null_tensor
-        y = x
-        if act != 'linear' or gain != 1 or clamp >= 0 or b is not _null_tensor:
-            y = _plugin.bias_act(x, b, _null_tensor, _null_tensor, _null_tensor, 0, dim, spec.cuda_idx,
-                                 alpha, gain, clamp)
-        keep_x = 'x' in spec.ref or spec.has_2nd_grad
-        # The kernel masks clamped outputs using yref; upstream omits y for 'linear', which lets
-        # gradients through clamped values. Keeping it makes the gradient match the reference.
-        keep_y = 'y' in spec.ref or (act == 'linear' and clamp >= 0)
-        ctx.save_for_backward(x if keep_x else _null_tensor, b if keep_x else _null_tensor,
-                              y if keep_y else _null_tensor)
+        out = x.clone() if b is None else x + _along(b, dim, x.ndim)
+        if act != "linear":
+            F.leaky_relu(out, _negative_slope(act, alpha), inplace=True)
+        if gain != 1:
+            out.mul_(gain)
+        if clamp >= 0:
+            out.clamp_(-clamp, clamp)
+        ctx.save_for_backward(out)
         ctx.cfg = cfg
-        return y
+        return out
 
     @staticmethod
-    def backward(ctx, dy):  # pylint: disable=arguments-differ
-        dy = dy.contiguous(memory_format=ctx.memory_format)
-        x, b, y = ctx.saved_tensors
+    def backward(ctx, grad):  # pylint: disable=arguments-differ
+        out, = ctx.saved_tensors
+        grad_x = _BiasActTorchGrad.apply(grad, out, ctx.cfg)
+        grad_b = _sum_except(grad_x, ctx.cfg[0]) if ctx.needs_input_grad[1] else None
+        return grad_x, grad_b, None
+
+
+class _BiasActTorchGrad(torch.autograd.Function):
+    """grad -> grad * act'(x + b) * gain, zero where the forward clamped, read off the forward output `out`.
+    Linear in grad and independent of x (zero second derivative), so its backward is itself."""
+
+    @staticmethod
+    def forward(ctx, grad, out, cfg):  # pylint: disable=arguments-differ
+        _dim, act, alpha, gain, clamp = cfg
+        ctx.save_for_backward(out)
+        ctx.cfg = cfg
+        result = grad
+        if act != "linear":  # out > 0 exactly where x + b > 0
+            result = torch.ops.aten.leaky_relu_backward(result, out, _negative_slope(act, alpha), False)
+        if clamp >= 0:  # passes strictly inside (-clamp, clamp) only, like the CUDA kernel
+            result = torch.ops.aten.hardtanh_backward(result, out, -clamp, clamp)
+        if gain != 1:
+            result = result.mul_(gain) if result is not grad else result * gain
+        return result
+
+    @staticmethod
+    def backward(ctx, grad2):  # pylint: disable=arguments-differ
+        out, = ctx.saved_tensors
+        if not ctx.needs_input_grad[0]:
+            return None, None, None
+        return _BiasActTorchGrad.apply(grad2, out, ctx.cfg), None, None
+
+
+# ---------------------------------------------------------------------------------------------
+# CUDA path; cfg = (dim, act, alpha, gain, clamp), defaults resolved. Plugin entry point:
+# bias_act(x, b, xref, yref, dy, grad, dim, act, alpha, gain, clamp), grad = 0 forward, 1 first derivative
+# (times x), 2 second-derivative term (times x and dy); see bias_act.h.
+
+def _layout(t: torch.Tensor) -> torch.memory_format:
+    """The memory format the plugin calls keep: channels_last when the channel stride is 1."""
+    return torch.channels_last if t.ndim > 2 and t.stride()[1] == 1 else torch.contiguous_format
+
+
+def _or_null(t: torch.Tensor | None) -> torch.Tensor:
+    return _null_tensor if t is None else t
+
+
+def _kernel(mode: int, x, b, xref, yref, dy, cfg) -> torch.Tensor:
+    """One plugin call; None tensors are passed as absent."""
+    dim, act, alpha, gain, clamp = cfg
+    return _plugin.bias_act(x, _or_null(b), _or_null(xref), _or_null(yref), _or_null(dy), mode, dim,
+                            activation_funcs[act].cuda_idx, alpha, gain, clamp)
+
+
+class _BiasActCuda(torch.autograd.Function):
+    """Forward through the plugin, saving only what the activation's derivative reads."""
+
+    @staticmethod
+    def forward(ctx, x, b, cfg):  # pylint: disable=arguments-differ
+        _dim, act, _alpha, gain, clamp = cfg
+        spec = activation_funcs[act]
+        ctx.layout = _layout(x)
+        x = x.contiguous(memory_format=ctx.layout)
+        b = None if b is None else b.contiguous()
+        identity = act == "linear" and gain == 1 and clamp < 0 and b is None
+        out = x if identity else _kernel(0, x, b, None, None, None, cfg)
+        needs_x = spec.ref == "x" or spec.has_2nd_grad
+        # The kernel's clamp mask reads the output; keeping it for a clamped 'linear' too makes the gradient
+        # stop at the clamp as in the reference.
+        needs_y = spec.ref == "y" or (act == "linear" and clamp >= 0)
+        ctx.save_for_backward(x if needs_x else _null_tensor, b if needs_x and b is not None else _null_tensor,
+                              out if needs_y else _null_tensor)
+        ctx.cfg = cfg
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):  # pylint: disable=arguments-differ
+        want_x, want_b = ctx.needs_input_grad[:2]
+        if not (want_x or want_b):
+            return None, None, None
+        grad = grad.contiguous(memory_format=ctx.layout)
+        x, b, out = ctx.saved_tensors
         dim, act, _alpha, gain, clamp = ctx.cfg
-        dx = db = None
-        if ctx.needs_input_grad[0] or ctx.needs_input_grad[1]:
-            dx = dy
-            if act != 'linear' or gain != 1 or clamp >= 0:
-                dx = _BiasActCudaGrad.apply(dy, x, b, y, ctx.cfg)
-        if ctx.needs_input_grad[1]:
-            db = _sum_except(dx, dim)
-        return dx, db, None
+        if act == "linear" and gain == 1 and clamp < 0:
+            grad_x = grad
+        else:
+            grad_x = _BiasActCudaGrad.apply(grad, x, b, out, ctx.cfg)
+        return grad_x, (_sum_except(grad_x, dim) if want_b else None), None
 
 
 class _BiasActCudaGrad(torch.autograd.Function):
-    """dx = f'(x + b) * gain * dy (zero where the forward clamped), as a differentiable function."""
+    """(grad, x, b, out) -> grad * act'(x + b) * gain, zero where clamped; differentiable again."""
 
     @staticmethod
-    def forward(ctx, dy, x, b, y, cfg):  # pylint: disable=arguments-differ
-        dim, act, alpha, gain, clamp = cfg
-        spec = activation_funcs[act]
-        ctx.memory_format = _memory_format(dy)
-        dx = _plugin.bias_act(dy, b, x, y, _null_tensor, 1, dim, spec.cuda_idx, alpha, gain, clamp)
-        ctx.save_for_backward(dy if spec.has_2nd_grad else _null_tensor, x, b, y)
+    def forward(ctx, grad, x, b, out, cfg):  # pylint: disable=arguments-differ
+        ctx.layout = _layout(grad)
+        result = _kernel(1, grad, b, x, out, None, cfg)
+        second = activation_funcs[cfg[1]].has_2nd_grad
+        ctx.save_for_backward(grad if second else _null_tensor, x, b, out)
         ctx.cfg = cfg
-        return dx
+        return result
 
     @staticmethod
-    def backward(ctx, d_dx):  # pylint: disable=arguments-differ
-        d_dx = d_dx.contiguous(memory_format=ctx.memory_format)
-        dy, x, b, y = ctx.saved_tensors
-        dim, act, alpha, gain, clamp = ctx.cfg
-        spec = activation_funcs[act]
-        d_dy = d_x = d_b = None
-        if ctx.needs_input_grad[0]:
-            d_dy = _BiasActCudaGrad.apply(d_dx, x, b, y, ctx.cfg)
-        if spec.has_2nd_grad and (ctx.needs_input_grad[1] or ctx.needs_input_grad[2]):
-            d_x = _plugin.bias_act(d_dx, b, x, y, dy, 2, dim, spec.cuda_idx, alpha, gain, clamp)
-        if spec.has_2nd_grad and ctx.needs_input_grad[2]:
-            d_b = _sum_except(d_x, dim)
-        return d_dy, d_x, d_b, None, None
+    def backward(ctx, grad2):  # pylint: disable=arguments-differ
+        grad2 = grad2.contiguous(memory_format=ctx.layout)
+        grad, x, b, out = ctx.saved_tensors
+        want_grad, want_x, want_b = ctx.needs_input_grad[:3]
+        result = [None] * 5
+        if want_grad:  # linear in grad: the same map again
+            result[0] = _BiasActCudaGrad.apply(grad2, x, b, out, ctx.cfg)
+        if activation_funcs[ctx.cfg[1]].has_2nd_grad and (want_x or want_b):
+            result[1] = _kernel(2, grad2, b, x, out, grad, ctx.cfg)
+            result[2] = _sum_except(result[1], ctx.cfg[0]) if want_b else None
+        return tuple(result)

@@ -62,7 +62,7 @@ def _should_use_custom_op(input: torch.Tensor) -> bool:
 
 def _pair(value, name: str) -> tuple[int, int]:
     pair = tuple(value) if isinstance(value, (tuple, list)) else (value, value)
-    assert len(pair) == 2 and all(isinstance(v, int) for v in pair), f'{name} must be an int or a pair of ints'
+    assert len(pair) == 2 and all(isinstance(v, int) for v in pair), f"{name} must be an int or a pair of ints"
     return pair
 
 
@@ -78,8 +78,8 @@ class _ConvSpec(NamedTuple):
 
     @staticmethod
     def make(transpose, weight_shape, stride, padding, output_padding, dilation, groups) -> '_ConvSpec':
-        spec = _ConvSpec(bool(transpose), tuple(weight_shape), _pair(stride, 'stride'), _pair(padding, 'padding'),
-                         _pair(output_padding, 'output_padding'), _pair(dilation, 'dilation'), groups)
+        spec = _ConvSpec(bool(transpose), tuple(weight_shape), _pair(stride, "stride"), _pair(padding, "padding"),
+                         _pair(output_padding, "output_padding"), _pair(dilation, "dilation"), groups)
         assert groups >= 1 and len(spec.weight_shape) == 4
         assert all(s >= 1 for s in spec.stride) and all(p >= 0 for p in spec.padding)
         assert all(d >= 1 for d in spec.dilation)

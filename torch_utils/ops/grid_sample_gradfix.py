@@ -24,7 +24,7 @@ def grid_sample(input: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
 
 
 def _sample(input: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
-    return F.grid_sample(input=input, grid=grid, mode='bilinear', padding_mode='zeros', align_corners=False)
+    return F.grid_sample(input=input, grid=grid, mode="bilinear", padding_mode="zeros", align_corners=False)
 
 
 class _GridSample2dForward(torch.autograd.Function):
@@ -70,8 +70,8 @@ class _GridSample2dBackward(torch.autograd.Function):
     def backward(ctx, grad2_grad_input, grad2_grad_grid):  # pylint: disable=arguments-differ
         grid, = ctx.saved_tensors
         if grad2_grad_grid is not None or (grad2_grad_input is not None and ctx.needs_input_grad[2]):
-            raise NotImplementedError('grid_sample_gradfix: second-order gradients involving the grid are not '
-                                      'supported; disable grid_sample_gradfix.enabled to use plain grid_sample')
+            raise NotImplementedError("grid_sample_gradfix: second-order gradients involving the grid are not "
+                                      "supported; disable grid_sample_gradfix.enabled to use plain grid_sample")
         grad2_grad_output = None
         if ctx.needs_input_grad[0] and grad2_grad_input is not None:
             grad2_grad_output = _GridSample2dForward.apply(grad2_grad_input, grid)

@@ -1,290 +1,276 @@
-"""Upsample, pad, FIR-filter and downsample batches of 2D images (upstream-compatible `upfirdn2d`).
+"""upfirdn2d: zero-insertion upsampling, padding, FIR filtering and decimation of image batches.
 
-The PyTorch path (`impl='ref'`) is the reference and the CPU implementation; on CUDA tensors the
-compiled `upfirdn2d_plugin` is used when it can be built (see torch_utils.custom_ops).
+Specification: docs/architecture-ops.md, section 1. On CPU (and with impl='ref') the op is a depthwise
+(transposed) convolution through conv2d_gradfix; CUDA tensors use the compiled `upfirdn2d_plugin` when it
+builds (torch_utils.custom_ops), with an adjoint-based backward.
 """
 
 from __future__ import annotations
 
+import math
 import os
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
 from .. import misc
 from . import conv2d_gradfix
 
+IntPair = int | Sequence[int]
+
 # ---------------------------------------------------------------------------------------------
-# CUDA plugin, looked up lazily once per process.
+# The compiled plugin: built or loaded on first use, at most once per process.
 
 _plugin = None
 _plugin_checked = False
 
 
 def _init() -> bool:
-    """Build/load the CUDA plugin on first use; True when it is available."""
+    """True when the CUDA plugin is usable (the first call builds or loads it)."""
     global _plugin, _plugin_checked  # pylint: disable=global-statement
-    if not _plugin_checked:
-        _plugin_checked = True
-        from .. import custom_ops  # imported lazily: the build machinery is needed only on CUDA
-        _plugin = custom_ops.get_plugin('upfirdn2d_plugin', sources=['upfirdn2d.cpp', 'upfirdn2d.cu'],
-                                        headers=['upfirdn2d.h'], source_dir=os.path.dirname(__file__),
-                                        extra_cuda_cflags=['--use_fast_math'])
+    if _plugin_checked:
+        return _plugin is not None
+    _plugin_checked = True
+    from .. import custom_ops  # lazy: the build machinery matters only for CUDA tensors
+    _plugin = custom_ops.get_plugin("upfirdn2d_plugin", sources=["upfirdn2d.cpp", "upfirdn2d.cu"],
+                                    headers=["upfirdn2d.h"], source_dir=os.path.dirname(__file__),
+                                    extra_cuda_cflags=["--use_fast_math"])
     return _plugin is not None
 
 
+def _use_plugin(x: torch.Tensor, impl: str) -> bool:
+    """Validate `impl`; the plugin serves impl='cuda' on CUDA tensors when it is available."""
+    assert impl in ("ref", "cuda"), f"impl must be 'ref' or 'cuda', got {impl!r}"
+    return impl == "cuda" and x.device.type == "cuda" and _init()
+
+
 # ---------------------------------------------------------------------------------------------
-# Argument parsing shared with conv2d_resample.
+# Argument forms shared by every function here and by conv2d_resample.
 
-def _parse_scaling(scaling: int | Sequence[int]) -> tuple[int, int]:
-    """int or [x, y] -> (sx, sy), both >= 1."""
-    if isinstance(scaling, int):
-        scaling = [scaling, scaling]
-    assert isinstance(scaling, (list, tuple))
-    assert all(isinstance(s, int) for s in scaling)
-    sx, sy = scaling
-    assert sx >= 1 and sy >= 1
-    return sx, sy
+def _xy(factor: IntPair) -> tuple[int, int]:
+    """Resampling factor: int s -> (s, s), or a pair (sx, sy); both ints >= 1."""
+    pair = (factor, factor) if isinstance(factor, int) else factor
+    assert isinstance(pair, (list, tuple)) and len(pair) == 2
+    assert all(isinstance(v, int) and v >= 1 for v in pair)
+    return pair[0], pair[1]
 
 
-def _parse_padding(padding: int | Sequence[int]) -> tuple[int, int, int, int]:
-    """int, [x, y] or [x0, x1, y0, y1] -> (x0, x1, y0, y1)."""
+def _pad4(padding: int | Sequence[int]) -> tuple[int, int, int, int]:
+    """Padding: int p, (px, py) or (px0, px1, py0, py1) -> (px0, px1, py0, py1)."""
     if isinstance(padding, int):
-        padding = [padding, padding]
-    assert isinstance(padding, (list, tuple))
-    assert all(isinstance(p, int) for p in padding)
+        return padding, padding, padding, padding
+    assert isinstance(padding, (list, tuple)) and len(padding) in (2, 4)
+    assert all(isinstance(v, int) for v in padding)
     if len(padding) == 2:
-        padx, pady = padding
-        padding = [padx, padx, pady, pady]
-    padx0, padx1, pady0, pady1 = padding
-    return padx0, padx1, pady0, pady1
+        return padding[0], padding[0], padding[1], padding[1]
+    return padding[0], padding[1], padding[2], padding[3]
 
 
-def _get_filter_size(f: torch.Tensor | None) -> tuple[int, int]:
-    """(width, height) of a 2D or separable 1D filter; (1, 1) for None."""
+def _filter_size(f: torch.Tensor | None) -> tuple[int, int]:
+    """(fw, fh) of a 2D or separable 1D filter; None counts as a single tap."""
     if f is None:
         return 1, 1
-    assert isinstance(f, torch.Tensor) and f.ndim in [1, 2]
-    with misc.suppress_tracer_warnings():
-        fw = int(f.shape[-1])
-        fh = int(f.shape[0])
+    assert isinstance(f, torch.Tensor) and f.ndim in (1, 2)
+    with misc.suppress_tracer_warnings():  # sizes become constants when tracing
+        fw, fh = int(f.shape[-1]), int(f.shape[0])
     misc.assert_shape(f, [fh, fw][:f.ndim])
     assert fw >= 1 and fh >= 1
     return fw, fh
 
 
+def _up_alignment(taps: int, factor: int) -> tuple[int, int]:
+    """Padding (before, after) that centres a `taps`-long filter on an image upsampled by `factor`."""
+    return (taps + factor - 1) // 2, (taps - factor) // 2
+
+
+def _down_alignment(taps: int, factor: int) -> tuple[int, int]:
+    """Padding (before, after) so that filtering then decimating by `factor` gives exactly 1/factor the size."""
+    return (taps - factor + 1) // 2, (taps - factor) // 2
+
+
+def _aligned_padding(padding: int | Sequence[int], f: torch.Tensor | None,
+                     rule: Callable[[int, int], tuple[int, int]], factor: IntPair) -> list[int]:
+    """User padding plus the alignment `rule` gives for each axis (filter size and factor of that axis)."""
+    fw, fh = _filter_size(f)
+    sx, sy = _xy(factor)
+    user = _pad4(padding)
+    extra = rule(fw, sx) + rule(fh, sy)
+    return [p + e for p, e in zip(user, extra)]
+
+
 # ---------------------------------------------------------------------------------------------
 
-def setup_filter(f: Any, device: torch.device = torch.device('cpu'), normalize: bool = True,
+def setup_filter(f: Any, device: torch.device = torch.device("cpu"), normalize: bool = True,
                  flip_filter: bool = False, gain: float = 1, separable: bool | None = None) -> torch.Tensor:
-    """Turn a list/array/tensor (or None = identity) into a float32 FIR filter for upfirdn2d().
+    """Prepare filter taps (list, array, tensor; None = identity) as the float32 tensor the ops take.
 
-    1D input becomes separable when it has >= 8 taps (unless `separable` says otherwise), else
-    its outer product. `normalize` makes the taps sum to 1; `gain` scales the 2D response.
+    A 1D input stays 1D (separable) when `separable` says so, by default when it has 8 taps or more;
+    otherwise it becomes its outer product. See docs/architecture-ops.md, 1.4.
     """
-    if f is None:
-        f = 1
-    f = torch.as_tensor(f, dtype=torch.float32)
-    assert f.ndim in [0, 1, 2]
-    assert f.numel() > 0
-    if f.ndim == 0:
-        f = f.reshape([1])
-
-    if separable is None:
-        separable = (f.ndim == 1 and f.numel() >= 8)
-    if f.ndim == 1 and not separable:
-        f = torch.outer(f, f)
-    assert f.ndim == (1 if separable else 2)
-
+    taps = torch.as_tensor(1 if f is None else f, dtype=torch.float32)
+    assert 0 < taps.numel() and taps.ndim <= 2, "filter must be a non-empty scalar, 1D or 2D array"
+    taps = taps.reshape([1]) if taps.ndim == 0 else taps
+    want_1d = (taps.ndim == 1 and taps.numel() >= 8) if separable is None else separable
+    if taps.ndim == 1 and not want_1d:
+        taps = torch.outer(taps, taps)
+    assert taps.ndim == (1 if want_1d else 2), "a 2D filter cannot be separable"
     if normalize:
-        f = f / f.sum()
+        taps = taps / taps.sum()
     if flip_filter:
-        f = f.flip(list(range(f.ndim)))
-    f = f * (gain ** (f.ndim / 2))
-    return f.to(device=device)
+        taps = taps.flip(list(range(taps.ndim)))
+    taps = taps * (gain ** (taps.ndim / 2))
+    return taps.to(device=device)
 
 
-def upfirdn2d(x: torch.Tensor, f: torch.Tensor | None, up: int | Sequence[int] = 1,
-              down: int | Sequence[int] = 1, padding: int | Sequence[int] = 0, flip_filter: bool = False,
-              gain: float = 1, impl: str = 'cuda') -> torch.Tensor:
-    """Per channel: insert up-1 zeros after each pixel, pad (negative = crop), convolve with `f`,
-    keep every down-th pixel. `padding` is [x0, x1, y0, y1] (or int / [x, y]) on the upsampled image;
-    `flip_filter=True` correlates instead of convolving; `gain` scales the result.
-    """
+def upfirdn2d(x: torch.Tensor, f: torch.Tensor | None, up: IntPair = 1, down: IntPair = 1,
+              padding: int | Sequence[int] = 0, flip_filter: bool = False, gain: float = 1,
+              impl: str = "cuda") -> torch.Tensor:
+    """Per channel: upsample by zero insertion, pad ([x0, x1, y0, y1]; negative crops), convolve with `f`
+    (correlate when flip_filter), keep every down-th sample, times `gain`."""
     assert isinstance(x, torch.Tensor)
-    assert impl in ['ref', 'cuda']
-    if impl == 'cuda' and x.device.type == 'cuda' and _init():
-        cfg = _cuda_config(up, down, padding, flip_filter, gain)
-        return _Upfirdn2dCuda.apply(x, f, cfg)
+    if _use_plugin(x, impl):
+        return _Upfirdn2dCuda.apply(x, f, _cuda_config(up, down, padding, flip_filter, gain))
     return _upfirdn2d_ref(x, f, up=up, down=down, padding=padding, flip_filter=flip_filter, gain=gain)
 
 
+# ---------------------------------------------------------------------------------------------
+# PyTorch path: depthwise (transposed) convolutions, one 2D pass or two 1D passes.
+
+def _passes(f: torch.Tensor) -> list[tuple[torch.Tensor, int, int]]:
+    """(2D kernel, acts along y, acts along x) for each convolution a filter needs."""
+    if f.ndim == 2:
+        return [(f, 1, 1)]
+    return [(f.unsqueeze(0), 0, 1), (f.unsqueeze(1), 1, 0)]  # along the width, then along the height
+
+
+def _shared_and_rest(a: int, b: int) -> tuple[int, int, int]:
+    """Split a per-side amount pair into the largest common non-negative part and what remains on each side."""
+    common = max(min(a, b), 0)
+    return common, a - common, b - common
+
+
 @misc.profiled_function
-def _upfirdn2d_ref(x: torch.Tensor, f: torch.Tensor | None, up=1, down=1, padding=0, flip_filter=False,
-                   gain=1) -> torch.Tensor:
-    """Reference implementation with standard PyTorch ops (differentiable to any order)."""
+def _upfirdn2d_ref(x: torch.Tensor, f: torch.Tensor | None, up: IntPair = 1, down: IntPair = 1,
+                   padding: int | Sequence[int] = 0, flip_filter: bool = False, gain: float = 1) -> torch.Tensor:
+    """The op from standard PyTorch ops; differentiable to any order (docs/architecture-ops.md, 1.2)."""
     assert isinstance(x, torch.Tensor) and x.ndim == 4
     if f is None:
         f = torch.ones([1, 1], dtype=torch.float32, device=x.device)
-    assert isinstance(f, torch.Tensor) and f.ndim in [1, 2]
-    assert f.dtype == torch.float32 and not f.requires_grad
-    channels = x.shape[1]
-    upx, upy = _parse_scaling(up)
-    downx, downy = _parse_scaling(down)
-    padx0, padx1, pady0, pady1 = _parse_padding(padding)
-
-    f = f * (gain ** (f.ndim / 2)) if gain != 1 else f
+    assert isinstance(f, torch.Tensor) and f.ndim in (1, 2)
+    assert f.dtype == torch.float32 and not f.requires_grad, "filter must be a float32 tensor without grad"
+    ux, uy = _xy(up)
+    dx, dy = _xy(down)
+    px0, px1, py0, py1 = _pad4(padding)
+    if gain != 1:
+        f = f * (gain ** (f.ndim / 2))
     f = f.to(x.dtype)
-    fw, fh = _get_filter_size(f)
-    if upx > 1 or upy > 1:
-        return _upsample_ref(x, f, upx, upy, downx, downy, padx0, padx1, pady0, pady1, flip_filter, fw, fh)
-
-    # Pad with zeros; negative amounts crop. The symmetric non-negative part is left to the convolution's own
-    # padding (much cheaper than a separate padded copy), the rest is done here.
-    convx, convy = max(min(padx0, padx1), 0), max(min(pady0, pady1), 0)
-    if [padx0, padx1, pady0, pady1] != [convx, convx, convy, convy]:
-        x = F.pad(x, [padx0 - convx, padx1 - convx, pady0 - convy, pady1 - convy])
-
-    # conv2d correlates, so the filter is flipped for a true convolution. Downsampling keeps every down-th output,
-    # which is what a strided convolution computes directly.
-    if not flip_filter:
-        f = f.flip(list(range(f.ndim)))
-    if f.ndim == 2:
-        return conv2d_gradfix.conv2d(input=x, weight=f[None, None].repeat([channels, 1, 1, 1]),
-                                     stride=[downy, downx], padding=[convy, convx], groups=channels)
-    taps = f[None, None].repeat([channels, 1, 1])
-    x = conv2d_gradfix.conv2d(input=x, weight=taps.unsqueeze(2), stride=[1, downx], padding=[0, convx],
-                              groups=channels)  # along width
-    return conv2d_gradfix.conv2d(input=x, weight=taps.unsqueeze(3), stride=[downy, 1], padding=[convy, 0],
-                                 groups=channels)  # along height
-
-
-def _upsample_ref(x, f, upx, upy, downx, downy, padx0, padx1, pady0, pady1, flip_filter, fw, fh):
-    """The up > 1 case: a strided transposed convolution does zero insertion and the full convolution at once
-    (without multiplying the inserted zeros). Its output sample m is the filtered upsampled image at m - (f - 1), so
-    the requested padding becomes a crop of f - 1 - pad0 before and f - up - pad1 after; the symmetric part of the
-    crop is the transposed convolution's own padding, the rest is cropped or zero-padded here."""
+    fw, fh = _filter_size(f)
     channels = x.shape[1]
-    if flip_filter:  # the transposed convolution convolves, so correlating means flipping the taps
+
+    def depthwise(t, transpose, stride_y, stride_x, pad_y, pad_x):
+        for kernel, on_y, on_x in _passes(f):
+            weight = kernel[None, None].repeat([channels, 1, 1, 1])
+            op = conv2d_gradfix.conv_transpose2d if transpose else conv2d_gradfix.conv2d
+            t = op(t, weight, stride=[stride_y if on_y else 1, stride_x if on_x else 1],
+                   padding=[pad_y * on_y, pad_x * on_x], groups=channels)
+        return t
+
+    if ux == 1 and uy == 1:
+        # conv2d correlates: mirror the taps for a true convolution. A stride is filtering + decimation.
+        if not flip_filter:
+            f = f.flip(list(range(f.ndim)))
+        cx, rx0, rx1 = _shared_and_rest(px0, px1)
+        cy, ry0, ry1 = _shared_and_rest(py0, py1)
+        if rx0 or rx1 or ry0 or ry1:
+            x = F.pad(x, [rx0, rx1, ry0, ry1])
+        return depthwise(x, False, dy, dx, cy, cx)
+
+    # A strided transposed convolution zero-inserts and convolves in one go. Its output starts f - 1 samples
+    # before the padded image and ends f - up samples after it, so padding p means cropping f - 1 - p0 / f - up - p1.
+    if flip_filter:
         f = f.flip(list(range(f.ndim)))
-    cropx0, cropx1, cropy0, cropy1 = fw - 1 - padx0, fw - upx - padx1, fh - 1 - pady0, fh - upy - pady1
-    convx, convy = max(min(cropx0, cropx1), 0), max(min(cropy0, cropy1), 0)
-    if f.ndim == 2:
-        x = conv2d_gradfix.conv_transpose2d(x, f[None, None].repeat([channels, 1, 1, 1]), stride=[upy, upx],
-                                            padding=[convy, convx], groups=channels)
-    else:
-        taps = f[None, None].repeat([channels, 1, 1])
-        x = conv2d_gradfix.conv_transpose2d(x, taps.unsqueeze(2), stride=[1, upx], padding=[0, convx],
-                                            groups=channels)  # along width
-        x = conv2d_gradfix.conv_transpose2d(x, taps.unsqueeze(3), stride=[upy, 1], padding=[convy, 0],
-                                            groups=channels)  # along height
-    rest = [convx - cropx0, convx - cropx1, convy - cropy0, convy - cropy1]
-    if any(rest):
-        x = F.pad(x, rest)
-    if downx > 1 or downy > 1:
-        x = x[:, :, ::downy, ::downx]
+    cx, rx0, rx1 = _shared_and_rest(fw - 1 - px0, fw - ux - px1)
+    cy, ry0, ry1 = _shared_and_rest(fh - 1 - py0, fh - uy - py1)
+    x = depthwise(x, True, uy, ux, cy, cx)
+    if rx0 or rx1 or ry0 or ry1:
+        x = F.pad(x, [-rx0, -rx1, -ry0, -ry1])
+    if dx > 1 or dy > 1:
+        x = x[:, :, ::dy, ::dx]
     return x
 
 
 # ---------------------------------------------------------------------------------------------
-# CUDA path: the plugin computes one resampling pass; its adjoint is another resampling pass.
+# CUDA path. The plugin takes 2D filters only; the backward pass is the adjoint op, again upfirdn2d.
 
-def _cuda_config(up, down, padding, flip_filter, gain) -> tuple:
-    """Parsed arguments: (upx, upy, downx, downy, padx0, padx1, pady0, pady1, flip, gain)."""
-    return (*_parse_scaling(up), *_parse_scaling(down), *_parse_padding(padding), bool(flip_filter),
-            float(gain))
+def _cuda_config(up: IntPair, down: IntPair, padding: int | Sequence[int], flip_filter: bool,
+                 gain: float) -> tuple:
+    """Parsed arguments in plugin order: (upx, upy, downx, downy, padx0, padx1, pady0, pady1, flip, gain)."""
+    return (*_xy(up), *_xy(down), *_pad4(padding), bool(flip_filter), float(gain))
+
+
+def _plugin_call(x: torch.Tensor, f: torch.Tensor, cfg: tuple) -> torch.Tensor:
+    """One 2D plugin call, or a width pass and a height pass (each with sqrt(gain)) for separable taps."""
+    if f.ndim == 2:
+        return _plugin.upfirdn2d(x, f, *cfg)
+    ux, uy, dx, dy, px0, px1, py0, py1, flip, gain = cfg
+    half = math.sqrt(gain)
+    x = _plugin.upfirdn2d(x, f.unsqueeze(0), ux, 1, dx, 1, px0, px1, 0, 0, flip, half)
+    return _plugin.upfirdn2d(x, f.unsqueeze(1), 1, uy, 1, dy, 0, 0, py0, py1, flip, half)
 
 
 class _Upfirdn2dCuda(torch.autograd.Function):
-    """upfirdn2d via the plugin; backward applies the adjoint resampling with the same op."""
+    """upfirdn2d through the plugin; cfg from _cuda_config. Differentiable to any order in x."""
 
     @staticmethod
     def forward(ctx, x, f, cfg):  # pylint: disable=arguments-differ
         assert isinstance(x, torch.Tensor) and x.ndim == 4
         if f is None:
             f = torch.ones([1, 1], dtype=torch.float32, device=x.device)
-        assert isinstance(f, torch.Tensor) and f.ndim in [1, 2]
-        upx, upy, downx, downy, padx0, padx1, pady0, pady1, flip, gain = cfg
-        if f.ndim == 2:
-            y = _plugin.upfirdn2d(x, f, upx, upy, downx, downy, padx0, padx1, pady0, pady1, flip, gain)
-        else:
-            half_gain = float(np.sqrt(gain))
-            y = _plugin.upfirdn2d(x, f.unsqueeze(0), upx, 1, downx, 1, padx0, padx1, 0, 0, flip, half_gain)
-            y = _plugin.upfirdn2d(y, f.unsqueeze(1), 1, upy, 1, downy, 0, 0, pady0, pady1, flip, half_gain)
+        assert isinstance(f, torch.Tensor) and f.ndim in (1, 2)
         ctx.save_for_backward(f)
-        ctx.x_shape = x.shape
+        ctx.in_size = (int(x.shape[3]), int(x.shape[2]))
         ctx.cfg = cfg
-        return y
+        return _plugin_call(x, f, cfg)
 
     @staticmethod
-    def backward(ctx, dy):  # pylint: disable=arguments-differ
+    def backward(ctx, grad):  # pylint: disable=arguments-differ
         f, = ctx.saved_tensors
-        assert not ctx.needs_input_grad[1], 'upfirdn2d: gradients w.r.t. the filter are not supported'
-        dx = None
-        if ctx.needs_input_grad[0]:
-            upx, upy, downx, downy, padx0, padx1, pady0, pady1, flip, gain = ctx.cfg
-            _, _, in_h, in_w = ctx.x_shape
-            _, _, out_h, out_w = dy.shape
-            fw, fh = _get_filter_size(f)
-            # Transposed op: swap up/down, flip the filter, and pad so that the full adjoint support
-            # of every output pixel lands back on its input pixel.
-            padding = [
-                fw - padx0 - 1,
-                in_w * upx - out_w * downx + padx0 - upx + 1,
-                fh - pady0 - 1,
-                in_h * upy - out_h * downy + pady0 - upy + 1,
-            ]
-            cfg = _cuda_config([downx, downy], [upx, upy], padding, not flip, gain)
-            dx = _Upfirdn2dCuda.apply(dy, f, cfg)
-        return dx, None, None
+        assert not ctx.needs_input_grad[1], "upfirdn2d: gradients w.r.t. the filter are not supported"
+        if not ctx.needs_input_grad[0]:
+            return None, None, None
+        ux, uy, dx, dy, px0, px1, py0, py1, flip, gain = ctx.cfg
+        fw, fh = _filter_size(f)
+        pad = []
+        # Per axis: the upsampled-by-down gradient, padded so that its length is (n_in - 1) * up + taps.
+        for n_in, n_out, u, d, p0, taps in ((ctx.in_size[0], grad.shape[3], ux, dx, px0, fw),
+                                            (ctx.in_size[1], grad.shape[2], uy, dy, py0, fh)):
+            before = taps - 1 - p0
+            pad += [before, (n_in - 1) * u + taps - n_out * d - before]
+        adjoint = (dx, dy, ux, uy, *pad, not flip, gain)
+        return _Upfirdn2dCuda.apply(grad, f, adjoint), None, None
 
 
 # ---------------------------------------------------------------------------------------------
-# Convenience wrappers that choose the padding for the common cases.
+# Wrappers that pick the padding for the usual cases (table in docs/architecture-ops.md, 1.5).
 
 def filter2d(x: torch.Tensor, f: torch.Tensor | None, padding: int | Sequence[int] = 0,
-             flip_filter: bool = False, gain: float = 1, impl: str = 'cuda') -> torch.Tensor:
-    """Filter keeping the image size; `padding` (w.r.t. the output) is applied on top."""
-    padx0, padx1, pady0, pady1 = _parse_padding(padding)
-    fw, fh = _get_filter_size(f)
-    p = [
-        padx0 + fw // 2,
-        padx1 + (fw - 1) // 2,
-        pady0 + fh // 2,
-        pady1 + (fh - 1) // 2,
-    ]
-    return upfirdn2d(x, f, padding=p, flip_filter=flip_filter, gain=gain, impl=impl)
+             flip_filter: bool = False, gain: float = 1, impl: str = "cuda") -> torch.Tensor:
+    """Filter without changing the image size; `padding` adds to (or crops) the output."""
+    pad = _aligned_padding(padding, f, _up_alignment, 1)
+    return upfirdn2d(x, f, padding=pad, flip_filter=flip_filter, gain=gain, impl=impl)
 
 
-def upsample2d(x: torch.Tensor, f: torch.Tensor | None, up: int | Sequence[int] = 2,
-               padding: int | Sequence[int] = 0, flip_filter: bool = False, gain: float = 1,
-               impl: str = 'cuda') -> torch.Tensor:
-    """Upsample by `up` to exactly up x the size; gain is multiplied by upx*upy to keep DC level."""
-    upx, upy = _parse_scaling(up)
-    padx0, padx1, pady0, pady1 = _parse_padding(padding)
-    fw, fh = _get_filter_size(f)
-    p = [
-        padx0 + (fw + upx - 1) // 2,
-        padx1 + (fw - upx) // 2,
-        pady0 + (fh + upy - 1) // 2,
-        pady1 + (fh - upy) // 2,
-    ]
-    return upfirdn2d(x, f, up=up, padding=p, flip_filter=flip_filter, gain=gain * upx * upy, impl=impl)
+def upsample2d(x: torch.Tensor, f: torch.Tensor | None, up: IntPair = 2, padding: int | Sequence[int] = 0,
+               flip_filter: bool = False, gain: float = 1, impl: str = "cuda") -> torch.Tensor:
+    """Upsample to exactly `up` times the size; the gain includes upx * upy so that the mean level stays."""
+    ux, uy = _xy(up)
+    pad = _aligned_padding(padding, f, _up_alignment, (ux, uy))
+    return upfirdn2d(x, f, up=(ux, uy), padding=pad, flip_filter=flip_filter, gain=gain * ux * uy, impl=impl)
 
 
-def downsample2d(x: torch.Tensor, f: torch.Tensor | None, down: int | Sequence[int] = 2,
-                 padding: int | Sequence[int] = 0, flip_filter: bool = False, gain: float = 1,
-                 impl: str = 'cuda') -> torch.Tensor:
-    """Downsample by `down` to exactly 1/down of the size; `padding` is w.r.t. the input."""
-    downx, downy = _parse_scaling(down)
-    padx0, padx1, pady0, pady1 = _parse_padding(padding)
-    fw, fh = _get_filter_size(f)
-    p = [
-        padx0 + (fw - downx + 1) // 2,
-        padx1 + (fw - downx) // 2,
-        pady0 + (fh - downy + 1) // 2,
-        pady1 + (fh - downy) // 2,
-    ]
-    return upfirdn2d(x, f, down=down, padding=p, flip_filter=flip_filter, gain=gain, impl=impl)
+def downsample2d(x: torch.Tensor, f: torch.Tensor | None, down: IntPair = 2, padding: int | Sequence[int] = 0,
+                 flip_filter: bool = False, gain: float = 1, impl: str = "cuda") -> torch.Tensor:
+    """Downsample to exactly 1/down of the size; `padding` is relative to the input."""
+    pad = _aligned_padding(padding, f, _down_alignment, down)
+    return upfirdn2d(x, f, down=down, padding=pad, flip_filter=flip_filter, gain=gain, impl=impl)
