@@ -162,6 +162,15 @@ def _load_resume(resume_pkl: str, trust_pickle: bool, G, D, G_ema, log: RunLog, 
 # ---------------------------------------------------------------------------------------------------------------
 # The loop.
 
+def _export_tensorboard(writer: Any, stats: dict, metrics: dict, *, kimg: int, walltime: float) -> None:
+    """One TensorBoard point per tick statistic (its mean) and per metric (under Metrics/), at the whole kimg."""
+    scalars = {name: value["mean"] for name, value in stats.items()}
+    scalars.update({f"Metrics/{name}": value for name, value in metrics.items()})
+    for tag, scalar in scalars.items():
+        writer.add_scalar(tag, scalar, global_step=kimg, walltime=walltime)
+    writer.flush()
+
+
 def training_loop(
     *,                                       # Keywords only; stylegan_rlo.training_config makes the option values.
     run_dir: str = ".",                      # Output directory (log.txt, stats.jsonl, images, snapshots).
@@ -440,30 +449,23 @@ def training_loop(
                 timestamp = time.time()
                 append_line(os.path.join(run_dir, "stats.jsonl"), json.dumps(dict(stats, timestamp=timestamp)))
                 if stats_tfevents is not None:
-                    step = int(cur_nimg / 1e3)
-                    for name, value in stats.items():
-                        stats_tfevents.add_scalar(name, value["mean"], global_step=step,
-                                                  walltime=timestamp - start_time)
-                    for name, value in stats_metrics.items():
-                        stats_tfevents.add_scalar(f"Metrics/{name}", value, global_step=step,
-                                                  walltime=timestamp - start_time)
-                    stats_tfevents.flush()
+                    _export_tensorboard(stats_tfevents, stats, stats_metrics, kimg=int(cur_nimg / 1e3),
+                                        walltime=timestamp - start_time)
             log.flush()
             if progress_fn is not None:
                 progress_fn(cur_nimg // 1000, total_kimg)
-
-            cur_tick += 1
-            tick_start_nimg = cur_nimg
-            tick_start_time = time.time()
-            maintenance_time = tick_start_time - tick_end_time
             if done:
                 break
+            # The next tick starts here; the time since the last iteration (snapshot, metrics, log) is maintenance.
+            tick_start_nimg, tick_start_time = cur_nimg, time.time()
+            maintenance_time = tick_start_time - tick_end_time
+            cur_tick += 1
         bar.close()
         if stop_signal is not None:
             log(f"\nStopped by {preemption.signal_name(stop_signal)}; continue exactly with --resume {snapshot_pkl}")
         log("\nExiting...")
         finished = True
-        return dict(G=G, D=D, G_ema=G_ema, augment_pipe=augment_pipe, cur_nimg=cur_nimg, cur_tick=cur_tick - 1,
+        return dict(G=G, D=D, G_ema=G_ema, augment_pipe=augment_pipe, cur_nimg=cur_nimg, cur_tick=cur_tick,
                     batch_idx=batch_idx, stopped_by=stop_signal, snapshot_pkl=snapshot_pkl)
     except OSError as e:  # a full or read-only disk while writing outputs: a message, not a traceback
         error = output_error(e, run_dir)
