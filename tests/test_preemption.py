@@ -131,6 +131,7 @@ def test_sigint_to_the_gpus_2_launcher_stops_every_rank(tmp_path):
 
 
 def test_stop_request_records_the_first_signal_and_escalates_on_the_second():
+    before = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
     stop = preemption.StopRequest(escalate=True).start()
     try:
         os.kill(os.getpid(), signal.SIGINT)
@@ -141,7 +142,7 @@ def test_stop_request_records_the_first_signal_and_escalates_on_the_second():
             time.sleep(0.01)
     finally:
         stop.close()
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers put back
+    assert {sig: signal.getsignal(sig) for sig in before} == before  # handlers put back
     quiet = preemption.StopRequest(escalate=False).start()
     try:
         for sig in (signal.SIGTERM, signal.SIGINT):
