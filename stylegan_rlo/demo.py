@@ -28,8 +28,7 @@ DEMO_METRICS_NUM = 300  # = the training set size, so FID is directly comparable
 # Fine-tuning 300 images with the source model's own hyperparameters (scripts/pretrain_demo_source.sh: batch 32, the
 # minibatch-stddev group of 32 its D was trained with, R1 gamma 0.1, learning rates 0.001), x-flips and ADA, and a
 # 1-kimg G_ema half-life: the default 10 kimg would leave G_ema mostly the start network after a 4-kimg run.
-DEMO_TRAIN_OPTIONS = dict(batch=32, mirror=True, aug="ada", gamma=0.1, glr=0.001, dlr=0.001, workers=1)
-DEMO_EMA_KIMG = 1.0
+DEMO_TRAIN_OPTIONS = dict(batch=32, mirror=True, aug="ada", gamma=0.1, glr=0.001, dlr=0.001, workers=1, ema_kimg=1.0)
 
 
 def demo_data_dirs() -> tuple[str, str]:
@@ -58,7 +57,7 @@ def run_demo(outdir: str = "demo-out", *, network: str = DEMO_NETWORK, device: s
     summary = compare_objectives(
         network=network, data=paths.dogs, ref=paths.dogs_heldout, objectives=DEMO_OBJECTIVES, seeds=list(DEMO_SEEDS),
         kimg=DEMO_KIMG, snap_kimg=DEMO_SNAP_KIMG, outdir=outdir, metrics=("fid50k_full", "kid50k_full"),
-        metrics_num=DEMO_METRICS_NUM, device=device, train_options=DEMO_TRAIN_OPTIONS, ema_kimg=DEMO_EMA_KIMG,
+        metrics_num=DEMO_METRICS_NUM, device=device, train_options=DEMO_TRAIN_OPTIONS,
         inception_weights=weights, log=log, show_progress=show_progress)
     total = time.time() - start
     log(f"Demo finished in {total / 60:.1f} min (data and weights {setup_sec:.0f} s). Open {outdir}/summary.md, "
