@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from .best_snapshot import read_best, resolve_best_metric, update_best
-from .compare_stats import comparison_statistics, statistics_markdown
+from .compare_stats import comparison_statistics, markdown_table, metric_cell, statistics_markdown
 from .dataset import DatasetError, ImageFolderDataset
 from .errors import UserError
 from .fileio import atomic_write
@@ -353,17 +353,6 @@ def write_outputs(summary: dict, outdir: str) -> None:
     plot_metrics(summary, os.path.join(outdir, "metrics.png"))
 
 
-def _metric_cell(name: str, value: float | None) -> str:
-    if value is None:
-        return "-"
-    return f"{value:.4f}" if name.startswith("kid") else f"{value:.2f}"
-
-
-def _table(rows: list[list[str]], header: list[str]) -> list[str]:
-    return ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"] + \
-        ["| " + " | ".join(r) + " |" for r in rows]
-
-
 def summary_markdown(summary: dict) -> str:
     """The human-readable comparison: set-up, noise floor, final and per-snapshot tables (and seed means)."""
     cfg, floor, runs = summary["config"], summary["noise_floor"], summary["runs"]
@@ -373,7 +362,7 @@ def summary_markdown(summary: dict) -> str:
     def row(run: dict | None, point: dict) -> list[str]:
         ident = [START_LABEL, "-", "-"] if run is None else \
             [run["loss"], "-" if run["k"] is None else f"{run['k']:g}", str(run["seed"])]
-        return ident + [f"{point['kimg']:g}"] + [_metric_cell(n, point.get(n)) for n in names] + \
+        return ident + [f"{point['kimg']:g}"] + [metric_cell(n, point.get(n)) for n in names] + \
             [_format_seconds(point.get("wall_sec")) if run is not None else "-"]
 
     num = cfg["metrics_num"] if cfg["metrics_num"] is not None else "50k (default)"
@@ -390,7 +379,7 @@ def summary_markdown(summary: dict) -> str:
         "Wall time: training time up to that snapshot (from stats.jsonl; metric evaluation not included).", "",
         "## Noise floor", "",
         f"Real against real: the training images (`{cfg['data']}`, {cfg['num_data']}) against the reference "
-        f"(`{cfg['ref']}`, {cfg['num_ref']}): " + ", ".join(f"{METRIC_LABELS.get(n, n)} {_metric_cell(n, floor[n])}"
+        f"(`{cfg['ref']}`, {cfg['num_ref']}): " + ", ".join(f"{METRIC_LABELS.get(n, n)} {metric_cell(n, floor[n])}"
                                                             for n in names if n in floor) + ".",
         "A generator as good as the training set itself would score about this; differences between runs smaller "
         "than the spread between seeds mean nothing. FID is biased upward for small samples, so it is comparable "
@@ -398,19 +387,20 @@ def summary_markdown(summary: dict) -> str:
         "## Final snapshot of each run", "",
     ]
     start = summary["start"]
-    lines += _table([row(None, start)] + [row(r, r["points"][-1]) for r in runs if len(r["points"]) > 1], header)
+    finals = [row(r, r["points"][-1]) for r in runs if len(r["points"]) > 1]
+    lines += markdown_table([row(None, start)] + finals, header)
     best = cfg.get("best_metric")
     if best and any(r.get("best") for r in runs):
         label = METRIC_LABELS.get(best, best)
         lines += ["", f"## Best snapshot of each run (by {label})", "",
                   f"Kept in each run directory as `best-{best}.pkl` (with `best-{best}.json`).", ""]
-        lines += _table([[r["loss"], "-" if r["k"] is None else f"{r['k']:g}", str(r["seed"]),
-                          f"{r['best']['kimg']:g}", _metric_cell(best, r["best"]["value"]), r["best"]["snapshot"]]
+        lines += markdown_table([[r["loss"], "-" if r["k"] is None else f"{r['k']:g}", str(r["seed"]),
+                          f"{r['best']['kimg']:g}", metric_cell(best, r["best"]["value"]), r["best"]["snapshot"]]
                          for r in runs if r.get("best")], ["objective", "k", "seed", "kimg", label, "snapshot"])
     if runs:
         lines += [""] + statistics_markdown(comparison_statistics(summary), names, METRIC_LABELS)
     lines += ["", "## Every snapshot", ""]
-    lines += _table([row(None, start)] + [row(r, p) for r in runs for p in r["points"][1:]], header)
+    lines += markdown_table([row(None, start)] + [row(r, p) for r in runs for p in r["points"][1:]], header)
     t = summary["timings"]
     lines += ["", f"Time: noise floor {_format_seconds(t.get('noise_floor_sec'))}, start network "
                   f"{_format_seconds(t.get('start_eval_sec'))}, training {_format_seconds(t['train_sec'])}, "

@@ -91,13 +91,15 @@ def comparison_statistics(summary: dict) -> dict:
                 objectives=per_objective, paired=paired)
 
 
-def _cell(name: str, value) -> str:
+def metric_cell(name: str, value: float | None) -> str:
+    """A metric value as the summaries print it: KID to 4 decimals, FID to 2, '-' for none."""
     if value is None:
         return "-"
     return f"{value:.4f}" if name.startswith("kid") else f"{value:.2f}"
 
 
-def _table(rows: list[list[str]], header: list[str]) -> list[str]:
+def markdown_table(rows: list[list[str]], header: list[str]) -> list[str]:
+    """Lines of a markdown table."""
     return ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"] + \
         ["| " + " | ".join(r) + " |" for r in rows]
 
@@ -111,8 +113,8 @@ def statistics_markdown(stats: dict, names: Sequence[str], labels: dict[str, str
     for label, obj in stats["objectives"].items():
         for snap in obj["snapshots"]:
             rows.append([label, f"{snap['kimg']:g}", str(max(snap[n]["n"] for n in names))] +
-                        [f"{_cell(n, snap[n]['mean'])} ± {_cell(n, snap[n]['sd'])}" for n in names])
-    lines += _table(rows, ["objective", "kimg", "runs"] + [f"{title[n]} (mean ± sd)" for n in names])
+                        [f"{metric_cell(n, snap[n]['mean'])} ± {metric_cell(n, snap[n]['sd'])}" for n in names])
+    lines += markdown_table(rows, ["objective", "kimg", "runs"] + [f"{title[n]} (mean ± sd)" for n in names])
     pct = f"{stats['confidence'] * 100:g}%"
     for label, pair in stats["paired"].items():
         lines += ["", f"## Paired difference: {label} minus {pair['against']} (same seeds: "
@@ -120,13 +122,15 @@ def statistics_markdown(stats: dict, names: Sequence[str], labels: dict[str, str
                   f"Negative is better for {label}. {pct} interval: {stats['interval']}; an interval that "
                   "contains 0 means no difference was detected at this number of seeds.", ""]
         rows = [[f"{snap['kimg']:g}", str(max(snap[n]["n"] for n in names))] +
-                [f"{_cell(n, snap[n]['mean'])} [{_cell(n, snap[n]['low'])}, {_cell(n, snap[n]['high'])}]"
-                 for n in names] for snap in pair["snapshots"] if snap["kimg"] > 0]
-        lines += _table(rows, ["kimg", "pairs"] + [f"Δ{title[n]} [{pct} CI]" for n in names])
+                [f"{metric_cell(n, snap[n]['mean'])} [{metric_cell(n, snap[n]['low'])}, "
+                 f"{metric_cell(n, snap[n]['high'])}]" for n in names]
+                for snap in pair["snapshots"] if snap["kimg"] > 0]
+        lines += markdown_table(rows, ["kimg", "pairs"] + [f"Δ{title[n]} [{pct} CI]" for n in names])
     lines += ["", "## Speed and divergence", ""]
     rows = [[label, str(obj["runs"]), str(obj["diverged"]),
              "-" if obj["sec_per_kimg"]["mean"] is None else
              f"{obj['sec_per_kimg']['mean']:.1f} ± {obj['sec_per_kimg']['sd'] or 0:.1f}"]
             for label, obj in stats["objectives"].items()]
-    lines += _table(rows, ["objective", "runs", "diverged (non-finite or FID above start)", "sec/kimg (training)"])
+    lines += markdown_table(rows, ["objective", "runs", "diverged (non-finite or FID above start)",
+                                   "sec/kimg (training)"])
     return lines
