@@ -120,6 +120,13 @@ def get_plugin(module_name: str, sources: Sequence[str], headers: Sequence[str] 
     return plugin
 
 
+
+def get_op_plugin(stem: str, source_dir: str) -> types.ModuleType | None:
+    """get_plugin for one of our ops: `<stem>_plugin` from <stem>.cpp, <stem>.cu and <stem>.h in `source_dir`,
+    compiled with fast math (the ops' kernels are written for it)."""
+    return get_plugin(f"{stem}_plugin", sources=[f"{stem}.cpp", f"{stem}.cu"], headers=[f"{stem}.h"],
+                      source_dir=source_dir, extra_cuda_cflags=["--use_fast_math"])
+
 def build_plugin(module_name: str, sources: Sequence[str], headers: Sequence[str] | None = None,
                  source_dir: str | None = None, *, cache_dir: str | None = None,
                  **build_kwargs) -> types.ModuleType:

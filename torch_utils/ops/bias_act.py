@@ -58,9 +58,7 @@ def _init() -> bool:
         return _plugin is not None
     _plugin_checked = True
     from .. import custom_ops  # lazy: the build machinery matters only for CUDA tensors
-    _plugin = custom_ops.get_plugin("bias_act_plugin", sources=["bias_act.cpp", "bias_act.cu"],
-                                    headers=["bias_act.h"], source_dir=os.path.dirname(__file__),
-                                    extra_cuda_cflags=["--use_fast_math"])
+    _plugin = custom_ops.get_op_plugin("bias_act", os.path.dirname(__file__))
     return _plugin is not None
 
 

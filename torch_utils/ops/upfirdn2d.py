@@ -33,9 +33,7 @@ def _init() -> bool:
         return _plugin is not None
     _plugin_checked = True
     from .. import custom_ops  # lazy: the build machinery matters only for CUDA tensors
-    _plugin = custom_ops.get_plugin("upfirdn2d_plugin", sources=["upfirdn2d.cpp", "upfirdn2d.cu"],
-                                    headers=["upfirdn2d.h"], source_dir=os.path.dirname(__file__),
-                                    extra_cuda_cflags=["--use_fast_math"])
+    _plugin = custom_ops.get_op_plugin("upfirdn2d", os.path.dirname(__file__))
     return _plugin is not None
 
 
