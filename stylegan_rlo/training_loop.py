@@ -333,7 +333,8 @@ def training_loop(
 
         log(f"Training for {total_kimg:g} kimg...\n")
         log.flush()
-        bar = tqdm(total=int(total_kimg * 1000), initial=min(cur_nimg, int(total_kimg * 1000)), unit="img",
+        total_nimg = round(total_kimg * 1000)  # rounded: a float sum such as 120.992 + 12 must not add an iteration
+        bar = tqdm(total=total_nimg, initial=min(cur_nimg, total_nimg), unit="img",
                    disable=(True if rank != 0 or not show_progress else None), dynamic_ncols=True, leave=False)
         tick_start_nimg = cur_nimg
         tick_start_time = time.time()
@@ -376,7 +377,7 @@ def training_loop(
             if stop_signal is not None:
                 log(f"\nReceived {preemption.signal_name(stop_signal)}: stopping after this iteration with a "
                     f"snapshot and its training state...")
-            done = cur_nimg >= total_kimg * 1000 or stop_signal is not None
+            done = cur_nimg >= total_nimg or stop_signal is not None
             if not done and cur_tick != 0 and cur_nimg < tick_start_nimg + kimg_per_tick * 1000:
                 continue  # a fresh run reports after its first iteration, then every kimg_per_tick
 

@@ -279,6 +279,17 @@ def test_killed_run_resumes_from_its_last_snapshot(tmp_path, one_thread):
     assert load_network_pkl(snapshot_of(run2))["progress"]["cur_nimg"] == start + 4
 
 
+def test_a_float_sum_length_ends_on_its_iteration(tmp_path, one_thread):
+    """--kimg as the sum start + budget (0.004 + 0.032 = 0.036000000000000004 in floats) stops after 36 images, not
+    one batch later (compare_objectives passes such sums)."""
+    data = make_zip(tmp_path / "dogs.zip", num=8)
+    kimg = 0.004 + 0.032
+    assert kimg * 1000 > 36
+    run_dir = train(tmp_path, data, TINY_UNCOND, kimg=kimg, tick=1)
+    assert load_network_pkl(snapshot_of(run_dir))["progress"]["cur_nimg"] == 36
+    assert [s["Progress/kimg"]["mean"] for s in read_stats(run_dir)][-1] == pytest.approx(0.036)
+
+
 def test_exception_while_writing_a_snapshot_keeps_the_previous_one(tmp_path, one_thread, monkeypatch):
     data = make_zip(tmp_path / "dogs.zip", num=8)
     real_dump, calls = pickles.pickle.dump, []
