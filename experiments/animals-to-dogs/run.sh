@@ -17,4 +17,4 @@ $PY scripts/compare_objectives.py --network stylegan_rlo/assets/demo-source.pkl 
     --batch 32 --mirror 1 --aug ada --gamma 0.1 --glr 0.001 --dlr 0.001 --ema-kimg 2 --workers 1 \
     --outdir experiments/animals-to-dogs/out --device "$DEVICE" --continue  # --continue: a stopped run.sh resumes
 for f in summary.md summary.json metrics.png; do cp experiments/animals-to-dogs/out/$f experiments/animals-to-dogs/; done
-cp experiments/animals-to-dogs/out/grid-*-seed0.png experiments/animals-to-dogs/
+cp experiments/animals-to-dogs/out/grid-*.png experiments/animals-to-dogs/
