@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # "Does the rooted objective help?" at demo scale: fine-tune assets/demo-source.pkl on the 300 Animal-MNIST dogs
-# with logistic, rooted k=2 and rooted k=8, five seeds each, the same budget and options, FID/KID of 300 generated
-# images (= the training set size; the demo's fine-tuning options, see stylegan_rlo/demo.py) against the 700 held-out dogs at kimg 0, 4, 8 and 12.
-# Outputs: experiments/animals-to-dogs/{summary.md,summary.json,metrics.png,grid-*.png} (runs/ is not committed).
-# Usage: bash experiments/animals-to-dogs/run.sh    (hours on 2 CPU cores; minutes on a GPU with --device cuda)
+# with logistic, rooted k=2 and rooted k=8, five seeds each, the same budget and options (the demo's, see
+# stylegan_rlo/demo.py, with a 2-kimg G_ema half-life), FID/KID of 300 generated images (= the training set size)
+# against the 700 held-out dogs at kimg 0, 4, 8 and 12.
+# Outputs: experiments/animals-to-dogs/{summary.md,summary.json,metrics.png,grid-*.png} (runs/ is not committed);
+# the committed ones and run.log.txt are from one run (79 min on 2 CPU cores), discussed in README "Results".
+# Usage: bash experiments/animals-to-dogs/run.sh    (DEVICE=cuda for a GPU; a stopped run continues where it was)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 PY=.venv/bin/python
