@@ -308,8 +308,7 @@ def compare_objectives(*, network: str, data: str, ref: str, objectives: Sequenc
         done[obj.label, seed] = result
         write_outputs(_summary(config, floor, start_point, finished_in_order(), timings), outdir)
         log(f"[run {i + 1}/{num_runs}] done; {outdir}/summary.md updated")
-    summary = _summary(config, floor, start_point, finished_in_order(), timings)
-    write_outputs(summary, outdir)
+    summary = _summary(config, floor, start_point, finished_in_order(), timings)  # as last written
     log(f"\nWrote {outdir}: summary.md, summary.json, metrics.png, grid-*.png, runs/")
     return summary
 
