@@ -6,7 +6,6 @@ import io
 import os
 import pathlib
 import socket
-import threading
 
 import pytest
 import torch
@@ -51,75 +50,65 @@ class Handler(http.server.BaseHTTPRequestHandler):
 
 
 @pytest.fixture()
-def server():
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+def server(http_server):
+    httpd, url = http_server(Handler)
     httpd.requests = []
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    yield httpd, f"http://127.0.0.1:{httpd.server_address[1]}"
-    httpd.shutdown()
-    httpd.server_close()
+    return httpd, url
 
 
-@pytest.fixture()
-def cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("DNNLIB_CACHE_DIR", str(tmp_path / "cache"))
-    return tmp_path / "cache" / "downloads"
+def test_cache_dir_follows_environment(download_cache):
+    assert util.make_cache_dir_path("downloads", "x") == str(download_cache / "x")
 
 
-def test_cache_dir_follows_environment(cache):
-    assert util.make_cache_dir_path("downloads", "x") == str(cache / "x")
-
-
-def test_download_once_then_served_from_cache(server, cache):
+def test_download_once_then_served_from_cache(server, download_cache):
     httpd, base = server
     url = f"{base}/blob.bin"
     with util.open_url(url, verbose=False) as f:
         assert f.read() == PAYLOAD
     expected_name = hashlib.md5(url.encode()).hexdigest() + "_blob.bin"
-    assert os.listdir(cache) == [expected_name]  # no temp files left behind
-    assert util.open_url(url, return_filename=True) == str(cache / expected_name)
+    assert os.listdir(download_cache) == [expected_name]  # no temp files left behind
+    assert util.open_url(url, return_filename=True) == str(download_cache / expected_name)
     with util.open_url(url) as f:
         assert f.read() == PAYLOAD
     assert httpd.requests == ["/blob.bin"]
 
 
-def test_uncached_download_returns_bytes(server, cache):
+def test_uncached_download_returns_bytes(server, download_cache):
     httpd, base = server
     f = util.open_url(f"{base}/blob.bin", cache=False, verbose=False)
     assert isinstance(f, io.BytesIO) and f.read() == PAYLOAD
-    assert not cache.exists()
+    assert not download_cache.exists()
     with pytest.raises(ValueError):
         util.open_url(f"{base}/blob.bin", cache=False, return_filename=True)
 
 
-def test_transient_server_error_is_retried(server, cache):
+def test_transient_server_error_is_retried(server, download_cache):
     httpd, base = server
     with util.open_url(f"{base}/flaky.bin", num_attempts=3, verbose=False) as f:
         assert f.read() == PAYLOAD
     assert httpd.requests == ["/flaky.bin", "/flaky.bin"]
 
 
-def test_missing_url_fails_clearly_without_retry(server, cache):
+def test_missing_url_fails_clearly_without_retry(server, download_cache):
     httpd, base = server
     url = f"{base}/nothing.pkl"
     with pytest.raises(util.DownloadError) as info:
         util.open_url(url, num_attempts=5, verbose=False)
     message = str(info.value)
-    assert url in message and "404" in message and str(cache) in message and "local path" in message
+    assert url in message and "404" in message and str(download_cache) in message and "local path" in message
     assert httpd.requests == ["/nothing.pkl"]
-    assert not cache.exists() or os.listdir(cache) == []
+    assert not download_cache.exists() or os.listdir(download_cache) == []
 
 
-def test_truncated_download_leaves_no_partial_file(server, cache):
+def test_truncated_download_leaves_no_partial_file(server, download_cache):
     httpd, base = server
     with pytest.raises(util.DownloadError, match="cut.bin"):
         util.open_url(f"{base}/cut.bin", num_attempts=2, verbose=False)
     assert httpd.requests == ["/cut.bin", "/cut.bin"]
-    assert os.listdir(cache) == []
+    assert os.listdir(download_cache) == []
 
 
-def test_unreachable_host_fails_clearly(cache):
+def test_unreachable_host_fails_clearly(download_cache):
     with socket.socket() as s:  # find a port nobody listens on
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -139,7 +128,7 @@ def test_local_paths_and_file_urls(tmp_path):
         util.open_url("ftp://example.com/x")
 
 
-def test_load_network_pkl_from_url_downloads_once(server, cache):
+def test_load_network_pkl_from_url_downloads_once(server, download_cache):
     httpd, base = server
     url = f"{base}/net/tiny_uncond.pkl"
     first = pickles.load_network_pkl(url)
@@ -162,7 +151,7 @@ def test_default_cache_is_home_dot_cache_dnnlib(server, tmp_path, monkeypatch):
     assert pathlib.Path(path).read_bytes() == PAYLOAD
 
 
-def test_download_shows_a_progress_bar(server, cache, capfd):
+def test_download_shows_a_progress_bar(server, download_cache, capfd):
     httpd, base = server
     with util.open_url(f"{base}/blob.bin") as f:  # verbose by default, like load_network_pkl
         assert f.read() == PAYLOAD

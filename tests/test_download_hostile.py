@@ -6,7 +6,6 @@ import hashlib
 import http.server
 import os
 import socket
-import threading
 import time
 
 import pytest
@@ -34,12 +33,6 @@ class HtmlHandler(http.server.BaseHTTPRequestHandler):
 
 
 @pytest.fixture()
-def cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("DNNLIB_CACHE_DIR", str(tmp_path / "cache"))
-    return tmp_path / "cache" / "downloads"
-
-
-@pytest.fixture()
 def silent_server():
     """A TCP port whose connections are accepted (by the kernel's backlog) and never answered."""
     with socket.socket() as s:
@@ -49,13 +42,8 @@ def silent_server():
 
 
 @pytest.fixture()
-def html_server():
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), HtmlHandler)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{httpd.server_address[1]}"
-    httpd.shutdown()
-    httpd.server_close()
+def html_server(http_server):
+    return http_server(HtmlHandler)[1]
 
 
 def _closed_port_url():
@@ -64,7 +52,7 @@ def _closed_port_url():
         return f"http://127.0.0.1:{s.getsockname()[1]}/net.pkl"
 
 
-def test_silent_server_is_given_up_after_the_stall_deadline(silent_server, cache, monkeypatch, capsys):
+def test_silent_server_is_given_up_after_the_stall_deadline(silent_server, download_cache, monkeypatch, capsys):
     monkeypatch.setattr(download, "STALL_TIMEOUT_S", 1.5)
     url = f"{silent_server}/model.pkl"
     start = time.monotonic()
@@ -73,22 +61,22 @@ def test_silent_server_is_given_up_after_the_stall_deadline(silent_server, cache
     assert time.monotonic() - start < 15  # one stall, not ten attempts of it
     assert url in str(info.value) and "local path" in str(info.value)
     assert capsys.readouterr().err.startswith(f"Downloading {url} ...")
-    assert not cache.exists() or os.listdir(cache) == []
+    assert not download_cache.exists() or os.listdir(download_cache) == []
 
 
-def test_html_page_is_not_cached_as_a_pickle(html_server, cache):
+def test_html_page_is_not_cached_as_a_pickle(html_server, download_cache):
     url = f"{html_server}/models/ffhq.pkl"
     with pytest.raises(pickles.PickleError, match="HTML page") as info:
         pickles.load_network_pkl(url)
     assert isinstance(info.value, util.DownloadError) and "nothing was cached" in str(info.value)
-    assert not cache.exists() or os.listdir(cache) == []
+    assert not download_cache.exists() or os.listdir(download_cache) == []
     with util.open_url(f"{html_server}/page.html", verbose=False) as f:  # asked for HTML: fine
         assert f.read() == HTML
 
 
-def test_corrupt_cached_download_is_named(cache):
+def test_corrupt_cached_download_is_named(download_cache):
     url = "http://127.0.0.1:9/models/net.pkl"  # never contacted: the cache already holds it
-    cached = cache / f"{hashlib.md5(url.encode()).hexdigest()}_net.pkl"
+    cached = download_cache / f"{hashlib.md5(url.encode()).hexdigest()}_net.pkl"
     cached.parent.mkdir(parents=True)
     cached.write_bytes(b"\x80\x04garbage")
     with pytest.raises(pickles.CorruptPickleError) as info:
@@ -96,7 +84,7 @@ def test_corrupt_cached_download_is_named(cache):
     assert str(cached) in str(info.value) and "Delete the cached copy" in str(info.value)
 
 
-def test_cli_unreachable_url_is_an_error_message(cache, tmp_path):
+def test_cli_unreachable_url_is_an_error_message(download_cache, tmp_path):
     url = _closed_port_url()
     runs = [
         CliRunner().invoke(generate_main, ["--network", url, "--seeds", "0", "--device", "cpu",
