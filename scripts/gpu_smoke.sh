@@ -15,7 +15,7 @@ step() { local name=$1 limit=$2; shift 2; log "start $name"; local t0=$SECONDS
 cat "$OUT/env.txt"
 
 # 1. CUDA op tests, the slow plugin builds included (first build timed inside).
-step ops 240 $PY -m pytest -q -m "" -p no:cacheprovider -rs --durations=8 tests/test_custom_ops.py tests/test_ops_bias_act.py tests/test_ops_upfirdn2d.py tests/test_ops_conv2d_resample.py tests/test_ops_conv2d_gradfix.py
+step ops 200 $PY -m pytest -q -m "" -p no:cacheprovider -rs --durations=8 tests/test_custom_ops.py tests/test_ops_bias_act.py tests/test_ops_upfirdn2d.py tests/test_ops_conv2d_resample.py tests/test_ops_conv2d_gradfix.py
 
 # 2. Short fp16 training run (64x64: fp16 in the top 4 resolutions), exact resume, generate.
 D=/tmp/smoke; rm -rf $D; mkdir -p $D/imgs
@@ -26,10 +26,10 @@ for i in range(64):
     PIL.Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(f"/tmp/smoke/imgs/{i:03d}.png")
 PY
 TRAIN="$PY scripts/train.py --data $D/imgs --outdir $D/runs --device cuda --cbase 4096 --cmax 128 --batch 16 --tick 0.1 --snap 1 --workers 2 --loss rooted --k 8"
-step train_fp16 150 $TRAIN --kimg 0.4
+step train_fp16 120 $TRAIN --kimg 0.4
 SNAP=$(ls $D/runs/*/network-snapshot-*.pkl | tail -1)
-step train_resume 120 $TRAIN --kimg 0.6 --resume "$SNAP"
-step fp16_vs_fp32 60 $PY - "$SNAP" <<'PY'
+step train_resume 90 $TRAIN --kimg 0.6 --resume "$SNAP"
+step fp16_vs_fp32 45 $PY - "$SNAP" <<'PY'
 import sys, torch
 from stylegan_rlo.pickles import load_network_pkl
 G = load_network_pkl(sys.argv[1])["G_ema"].cuda().eval()
@@ -39,14 +39,14 @@ with torch.no_grad():
     a = G(z, c, noise_mode="const"); b = G(z, c, noise_mode="const", force_fp32=True)
 print("finite", bool(torch.isfinite(a).all()), "max|fp16-fp32|", float((a - b).abs().max()), "mean", float((a - b).abs().mean()))
 PY
-step generate 60 $PY scripts/generate.py --network "$SNAP" --seeds 0-15 --grid 4x4 --outdir $D/gen --device cuda
+step generate 45 $PY scripts/generate.py --network "$SNAP" --seeds 0-15 --grid 4x4 --outdir $D/gen --device cuda
 cp $D/gen/grid.png "$OUT/" 2>/dev/null; cp "$(ls $D/runs/*/log.txt | tail -1)" "$OUT/train_log.txt" 2>/dev/null
 
 # 3. Training benchmark at 256x256 (paper256 capacity: cbase 16384, cmax 512), both objectives.
 for L in "logistic" "rooted --k 8"; do
-  step "bench_${L%% *}" 120 $PY scripts/bench.py --device cuda --res 256 --cbase 16384 --cmax 512 --batch 32 --map 8 --iters 20 --warmup 5 --loss $L
+  step "bench_${L%% *}" 90 $PY scripts/bench.py --device cuda --res 256 --cbase 16384 --cmax 512 --batch 32 --map 8 --iters 20 --warmup 5 --loss $L
 done
 
 # 4. The whole suite on a GPU machine (auto devices pick cuda here), in parallel, for what remains of the time.
-step suite 200 $PY -m pytest -q -p no:cacheprovider -n 8 --maxfail=30 -o addopts="" -m "not slow" tests
+step suite 150 $PY -m pytest -q -p no:cacheprovider -n 8 --maxfail=30 -o addopts="" -m "not slow" tests
 log done
