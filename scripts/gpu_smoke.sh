@@ -31,7 +31,7 @@ SNAP=$(ls $D/runs/*/network-snapshot-*.pkl | tail -1)
 step train_resume 90 $TRAIN --kimg 0.6 --resume "$SNAP"
 step fp16_vs_fp32 45 $PY - "$SNAP" <<'PY'
 import sys, torch
-from stylegan_rlo.pickles import load_network_pkl
+from stylegan_rlo.checkpoints.pickles import load_network_pkl
 G = load_network_pkl(sys.argv[1])["G_ema"].cuda().eval()
 z = torch.randn([8, G.z_dim], device="cuda", generator=torch.Generator("cuda").manual_seed(0))
 c = torch.zeros([8, 0], device="cuda")

@@ -11,7 +11,7 @@ KIMG="${1:-300}"
 PY=.venv/bin/python
 # One thread: on a 2-core machine shared with other work, two BLAS threads per process mostly wait on each other.
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
-$PY -c "from stylegan_rlo.demo_data import build_demo_datasets; build_demo_datasets('.cache/demo-data', '.cache/demo-wheel')"
+$PY -c "from stylegan_rlo.experiments.demo_data import build_demo_datasets; build_demo_datasets('.cache/demo-data', '.cache/demo-wheel')"
 last=$(ls -t runs/demo-source/*/network-snapshot-*.pkl 2>/dev/null | head -n 1 || true)
 $PY scripts/train.py --data .cache/demo-data/source.zip --outdir runs/demo-source --desc pretrain \
     --cfg auto --cbase 4096 --cmax 64 --map-depth 2 --batch 32 --gamma 0.1 --mbstd-group 32 --glr 0.001 --dlr 0.001 \

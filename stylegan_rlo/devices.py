@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from .errors import UserError
+from stylegan_rlo.errors import UserError
 
 if TYPE_CHECKING:
     import torch

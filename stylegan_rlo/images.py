@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-from .fileio import atomic_write
+from stylegan_rlo.fileio import atomic_write
 
 
 def to_uint8(images: torch.Tensor | np.ndarray, drange: tuple[float, float] = (-1, 1)) -> np.ndarray:

@@ -30,7 +30,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from .errors import UserError
+from stylegan_rlo.errors import UserError
 
 OBJECTIVES = ("logistic", "rooted")
 DEFAULT_K = 8.0  # the root used when 'rooted' is given without one

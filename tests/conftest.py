@@ -18,7 +18,7 @@ def one_thread():
 @pytest.fixture
 def small_grids(monkeypatch):
     """4x3 image grids instead of upstream's 32x32 (1024 fakes per grid cost seconds on the CPU)."""
-    from stylegan_rlo import training_loop
+    from stylegan_rlo.training import loop as training_loop
     monkeypatch.setattr(training_loop, "default_grid_size", lambda image_shape: (4, 3))
 
 

@@ -60,13 +60,13 @@ def test_console_script_help(name):
 
 
 def test_demo_source_model_is_package_data():
-    from stylegan_rlo import demo
-    patterns = CONFIG["options.package_data"]["stylegan_rlo"].split(",")
-    package_dir = os.path.join(REPO, "stylegan_rlo")
+    from stylegan_rlo.experiments import demo
+    patterns = CONFIG["options.package_data"]["stylegan_rlo.assets"].split(",")
+    package_dir = os.path.join(REPO, "stylegan_rlo", "assets")
     shipped = {os.path.abspath(path) for pattern in patterns
                for path in glob.glob(os.path.join(package_dir, pattern.strip()))}
     assert os.path.abspath(demo.DEMO_NETWORK) in shipped
-    assert os.path.dirname(os.path.abspath(demo.DEMO_NETWORK)).startswith(package_dir + os.sep)
+    assert os.path.dirname(os.path.abspath(demo.DEMO_NETWORK)).startswith(os.path.join(REPO, "stylegan_rlo") + os.sep)
 
 
 @pytest.mark.slow
@@ -98,7 +98,8 @@ def test_fresh_venv_install_runs_every_command(tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     for name in ("dogs.zip", "dogs-heldout.zip"):
         assert os.path.isfile(tmp_path / "cache" / "stylegan_rlo" / "demo-data" / name)
-    probe = ("from stylegan_rlo import demo, pickles; print(demo.DEMO_NETWORK); "
+    probe = ("from stylegan_rlo.experiments import demo; from stylegan_rlo.checkpoints import pickles; "
+             "print(demo.DEMO_NETWORK); "
              "pickles.load_network_pkl(demo.DEMO_NETWORK)")
     result = subprocess.run([str(venv / "bin" / "python"), "-c", probe], capture_output=True, text=True, env=env,
                             cwd=tmp_path)

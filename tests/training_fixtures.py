@@ -13,7 +13,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-DATA = pathlib.Path(__file__).parent / "data"
+REPO = pathlib.Path(__file__).resolve().parents[1]  # the checkout
+FIXTURES = pathlib.Path(__file__).parent / "fixtures"  # every test data file
+DATA = FIXTURES
 TINY_UNCOND = DATA / "tiny_uncond.pkl"   # 32x32, c_dim 0, D mbstd group 2
 TINY_COND = DATA / "tiny_cond.pkl"       # 32x32, c_dim 3, D mbstd group 4
 
@@ -50,7 +52,7 @@ def free_port() -> int:
 
 def ddp_rank_worker(rank: int, options: dict, run_dir: str, init_file: str, out_dir: str) -> None:
     """One `--gpus N` rank (the launcher's own worker), which then saves its final G/D/G_ema tensors."""
-    from stylegan_rlo.launch import _spawned_worker
+    from stylegan_rlo.training.launch import _spawned_worker
     torch.set_num_threads(1)
     state = _spawned_worker(rank, run_dir, options, init_file, dict(show_progress=False, image_grid=(2, 2)))
     tensors = {f"{net}.{name}": t.detach().clone() for net in ("G", "D", "G_ema")

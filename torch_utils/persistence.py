@@ -4,7 +4,7 @@ This is the official StyleGAN2-ADA pickle format (docs/architecture-ops.md, sect
 `persistent_class` pickles as `_reconstruct_persistent_obj(meta)`, meta = {type: 'class', version: 6,
 module_src, class_name, state}. Loading differs from the official code on one point: embedded source is
 executed only inside `with trusted_source():`. Otherwise source this process already runs is reused, and
-anything else is rebuilt as our class of the same name by `stylegan_rlo.pickles` from the stored state.
+anything else is rebuilt as our class of the same name by `stylegan_rlo.checkpoints.pickles` from the stored state.
 """
 
 from __future__ import annotations
@@ -120,7 +120,7 @@ def _reconstruct_persistent_obj(meta: dict) -> Any:
         # The one deliberate upward import of the low layers (dnnlib, torch_utils never import stylegan_rlo
         # otherwise): official pickles name this module's _reconstruct_persistent_obj, so the hook must live here,
         # while only stylegan_rlo knows our classes. Lazy, because stylegan_rlo imports this module.
-        from stylegan_rlo.pickles import rebuild_persistent_obj
+        from stylegan_rlo.checkpoints.pickles import rebuild_persistent_obj
         return rebuild_persistent_obj(meta)
     obj = cls.__new__(cls)
     if callable(getattr(obj, "__setstate__", None)):

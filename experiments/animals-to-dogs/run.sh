@@ -11,7 +11,7 @@ cd "$(dirname "$0")/../.."
 PY=.venv/bin/python
 DEVICE="${DEVICE:-cpu}"
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-2}"
-$PY -c "from stylegan_rlo.demo_data import build_demo_datasets; build_demo_datasets('.cache/demo-data', '.cache/demo-wheel')"
+$PY -c "from stylegan_rlo.experiments.demo_data import build_demo_datasets; build_demo_datasets('.cache/demo-data', '.cache/demo-wheel')"
 $PY scripts/compare_objectives.py --network stylegan_rlo/assets/demo-source.pkl \
     --data .cache/demo-data/dogs.zip --ref .cache/demo-data/dogs-heldout.zip \
     --objectives logistic,rooted:2,rooted:8 --seeds 0-4 --kimg 12 --snap-kimg 4 \

@@ -23,7 +23,7 @@ declare -A CFG=(
 )
 STAGE="${STAGE:-both}"
 NAMES=("$@"); [ ${#NAMES[@]} -gt 0 ] || NAMES=("${!CFG[@]}")
-$PY -c "from stylegan_rlo.demo_data import build_demo_datasets; build_demo_datasets('$DATA', '.cache/demo-wheel')"
+$PY -c "from stylegan_rlo.experiments.demo_data import build_demo_datasets; build_demo_datasets('$DATA', '.cache/demo-wheel')"
 for name in "${NAMES[@]}"; do
   [ "$STAGE" = eval ] || $PY scripts/train.py --data $DATA/source.zip --outdir runs/pilot/$name --desc "$name" ${CFG[$name]} \
       --cfg auto --map-depth 2 --mirror 1 --kimg "$KIMG" --tick 2 --snap "${SNAP:-2}" --seed 0 --device cpu --workers 1 \

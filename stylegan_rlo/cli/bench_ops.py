@@ -2,7 +2,7 @@
 
     python scripts/bench_ops.py [--batch 32] [--dtype float32] [--max-res 256] [--iters 50] [--json out.json]
 
-Options are parsed here; the work is stylegan_rlo.bench_ops.
+Options are parsed here; the work is stylegan_rlo.bench.ops.
 """
 
 from __future__ import annotations
@@ -28,7 +28,8 @@ def main(batch: int, dtype_name: str, min_res: int, max_res: int, iters: int, wa
     if min_res > max_res:
         raise click.BadParameter(f"--min-res {min_res} is above --max-res {max_res}", param_hint="--min-res")
     import torch
-    from stylegan_rlo.bench_ops import format_table, require_kernels, run
+
+    from stylegan_rlo.bench.ops import format_table, require_kernels, run
     require_kernels()
     resolutions = [r for r in (4, 8, 16, 32, 64, 128, 256, 512, 1024) if min_res <= r <= max_res]
     records = run(batch, dtype_name, resolutions, iters, warmup)

@@ -1,5 +1,5 @@
 """`scripts/calc_fid.py`: FID/KID of a network pickle against a dataset, or of one dataset against another.
-Options are parsed and checked here; the work is stylegan_rlo.metrics."""
+Options are parsed and checked here; the work is stylegan_rlo.evaluation.metrics."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ RUN_DIR_MARKER = "training_options.json"
 
 
 def _parse_metrics(_ctx: click.Context, _param: click.Parameter, value: str) -> list[str]:
-    from stylegan_rlo.metrics import validate_metric_names
+    from stylegan_rlo.evaluation.metrics import validate_metric_names
     try:
         names = validate_metric_names(value.split(","))
     except UserError as e:
@@ -59,8 +59,8 @@ def main(network: str | None, data: str, ref: str | None, metric_names: list[str
       python scripts/calc_fid.py --network runs/00000-dogs/network-snapshot-000200.pkl --data dogs.zip --num 5000
       python scripts/calc_fid.py --data half_a.zip --ref half_b.zip --metrics fid,kid
     """
-    from stylegan_rlo.metrics import evaluate_datasets, evaluate_snapshot
-    from stylegan_rlo.pickles import load_network_pkl
+    from stylegan_rlo.checkpoints.pickles import load_network_pkl
+    from stylegan_rlo.evaluation.metrics import evaluate_datasets, evaluate_snapshot
 
     if (network is None) == (ref is None):
         raise click.UsageError("give exactly one of --network PKL (generator vs data) or --ref PATH (data vs data)")

@@ -1,6 +1,6 @@
 """`scripts/compare_objectives.py`: fine-tune one checkpoint with several objectives / k values / seeds under the
 same budget and compare FID/KID against a reference set. Options are parsed here (the per-run training options are
-generated from stylegan_rlo.training_config.TRAINING_OPTIONS); the work is stylegan_rlo.compare."""
+generated from stylegan_rlo.training.config.TRAINING_OPTIONS); the work is stylegan_rlo.experiments.compare."""
 
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ import click
 
 from stylegan_rlo.cli.command import command
 from stylegan_rlo.cli.options import device_option, given, training_options
-from stylegan_rlo.generate import parse_grid
+from stylegan_rlo.evaluation.generate import parse_grid
 from stylegan_rlo.objectives import DEFAULT_K
-from stylegan_rlo.training_config import TRAINING_OPTIONS
+from stylegan_rlo.training.config import TRAINING_OPTIONS
 
 PER_RUN_OPTIONS = [option.name for option in TRAINING_OPTIONS if option.per_run]
 
@@ -55,7 +55,7 @@ def main(network: str, data: str, ref: str, objectives: str, seeds: str, kimg: f
           --objectives logistic,rooted:8,rooted:2 --seeds 0,1 --kimg 200 --snap-kimg 20 \\
           --metrics-num 10000 --mirror --outdir compare-out
     """
-    from stylegan_rlo.compare import compare_objectives, parse_objectives, parse_seeds
+    from stylegan_rlo.experiments.compare import compare_objectives, parse_objectives, parse_seeds
 
     with stops_reported("Run the same command with --continue to finish it"):
         compare_objectives(network=network, data=data, ref=ref, objectives=parse_objectives(objectives),
@@ -71,7 +71,7 @@ def main(network: str, data: str, ref: str, objectives: str, seeds: str, kimg: f
 def stops_reported(how_to_continue: str) -> Iterator[None]:
     """A comparison stopped by SIGINT/SIGTERM (during a run: after its snapshot; during an evaluation: at once) ends
     with a message saying what is kept and `how_to_continue`, and the signal's exit status, not a traceback."""
-    from stylegan_rlo.preemption import TrainingStopped
+    from stylegan_rlo.training.preemption import TrainingStopped
     try:
         yield
     except (TrainingStopped, KeyboardInterrupt) as e:

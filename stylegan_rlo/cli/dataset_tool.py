@@ -1,5 +1,5 @@
 """`scripts/dataset_tool.py`: build a training dataset (official ZIP/folder layout) from images, a ZIP, a NumPy
-array file or a Stanford Dogs tree. Options are parsed here; the work is stylegan_rlo.dataset_tool."""
+array file or a Stanford Dogs tree. Options are parsed here; the work is stylegan_rlo.data.dataset_tool."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import json
 import click
 
 from stylegan_rlo.cli.command import command
-from stylegan_rlo.dataset_tool import ON_ERROR, RESIZE_FILTERS, TRANSFORMS, convert_dataset
+from stylegan_rlo.data.dataset_tool import ON_ERROR, RESIZE_FILTERS, TRANSFORMS, convert_dataset
 
 
 def _power_of_two(_ctx: click.Context, _param: click.Parameter, value: int | None) -> int | None:

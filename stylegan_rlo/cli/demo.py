@@ -1,5 +1,5 @@
 """`scripts/demo.py` (what `make demo` runs): fine-tune the pretrained animal model on dogs with the logistic and the
-rooted objective and compare FID/KID. Options are parsed here; the work is stylegan_rlo.demo."""
+rooted objective and compare FID/KID. Options are parsed here; the work is stylegan_rlo.experiments.demo."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from stylegan_rlo.cli.options import device_option
               "stop: e.g. on a machine with network access before an offline run.")
 def main(outdir: str, network: str | None, device, data_only: bool) -> None:
     """Fine-tune a small pretrained StyleGAN2 on 300 dog silhouettes with both objectives and compare them."""
-    from stylegan_rlo.demo import DEMO_NETWORK, prepare_demo_data, run_demo
+    from stylegan_rlo.experiments.demo import DEMO_NETWORK, prepare_demo_data, run_demo
     if data_only:
         paths = prepare_demo_data(network or DEMO_NETWORK, log=click.echo)
         click.echo(f"Demo data ready: {paths.dogs}, {paths.dogs_heldout}")

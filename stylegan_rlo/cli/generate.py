@@ -1,5 +1,5 @@
 """`scripts/generate.py`: images from a network pickle (per seed, grids, projected latents, style mixing).
-Options are parsed and checked here; the work is stylegan_rlo.generate."""
+Options are parsed and checked here; the work is stylegan_rlo.evaluation.generate."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import click
 from stylegan_rlo.cli.command import command
 from stylegan_rlo.cli.options import device_option
 from stylegan_rlo.errors import UserError
-from stylegan_rlo.generate import NOISE_MODES, parse_grid, parse_int_list
+from stylegan_rlo.evaluation.generate import NOISE_MODES, parse_grid, parse_int_list
 
 
 def _int_list(what: str):
@@ -73,8 +73,8 @@ def main(network: str, seeds: list[int] | None, truncation_psi: float, class_idx
       python scripts/generate.py --network net.pkl --projected-w projected_w.npz
     """
 
-    from stylegan_rlo import generate as gen
-    from stylegan_rlo.pickles import load_network_pkl
+    from stylegan_rlo.checkpoints.pickles import load_network_pkl
+    from stylegan_rlo.evaluation import generate as gen
 
     chosen = [name for name, v in (("--seeds", seeds), ("--projected-w", projected_w), ("--style-mix", style_mix))
               if v is not None]

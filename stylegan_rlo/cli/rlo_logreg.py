@@ -1,5 +1,5 @@
 """`scripts/rlo_logreg.py`: the paper's convex experiment (Wine, logistic vs rooted objectives, gradient descent).
-Options are parsed here; the work is stylegan_rlo.logreg."""
+Options are parsed here; the work is stylegan_rlo.experiments.logreg."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import click
 
 from stylegan_rlo.cli.command import command
 from stylegan_rlo.errors import UserError
-from stylegan_rlo.logreg import format_table, load_wine_binary, run_experiment, save_plot
+from stylegan_rlo.experiments.logreg import format_table, load_wine_binary, run_experiment, save_plot
 from stylegan_rlo.objectives import K_MAX, K_MIN, check_k
 
 

@@ -1,7 +1,7 @@
 """`scripts/train.py`: train or fine-tune StyleGAN2-ADA with the logistic or the rooted logistic objective.
 
-The options are generated from stylegan_rlo.training_config.TRAINING_OPTIONS and validated there (one place); the
-work is stylegan_rlo.launch / stylegan_rlo.training_loop.
+The options are generated from stylegan_rlo.training.config.TRAINING_OPTIONS and validated there (one place); the
+work is stylegan_rlo.training.launch / stylegan_rlo.training.loop.
 """
 
 from __future__ import annotations
@@ -16,11 +16,11 @@ import click
 from stylegan_rlo.cli.command import command
 from stylegan_rlo.cli.options import bool_option, given, training_options
 from stylegan_rlo.errors import UserError
-from stylegan_rlo.launch import launch_training, torchrun_env
 from stylegan_rlo.objectives import Objective
-from stylegan_rlo.preemption import TrainingStopped
-from stylegan_rlo.run_dir import next_run_id
-from stylegan_rlo.training_config import setup_training_options
+from stylegan_rlo.training.config import setup_training_options
+from stylegan_rlo.training.launch import launch_training, torchrun_env
+from stylegan_rlo.training.preemption import TrainingStopped
+from stylegan_rlo.training.run_dir import next_run_id
 
 
 def resume_command(argv: list[str], snapshot: str) -> str:

@@ -1,0 +1,1 @@
+"""Benchmarks: the training iteration, the custom ops, the Inception feature extractor."""

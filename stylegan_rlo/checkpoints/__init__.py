@@ -1,0 +1,1 @@
+"""Network pickles in the official format: the safe loader and writer (pickles) and its bounds (limits)."""

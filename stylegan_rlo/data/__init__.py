@@ -1,0 +1,1 @@
+"""Datasets: reading image folders and ZIPs (dataset) and building them (dataset_tool)."""

@@ -1,0 +1,1 @@
+"""Evaluating generators: FID/KID (metrics), its feature cache, the Inception weights, and image generation."""

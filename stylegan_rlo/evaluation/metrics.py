@@ -1,0 +1,366 @@
+"""FID and KID of a generator (or of one dataset against another), with torch-fidelity's feature extractor and
+formulas.
+
+Metric names and records follow the official StyleGAN2-ADA metrics: `fid50k_full` / `kid50k_full` compare 50k
+generated images (or `num_gen`) with the full dataset, and every result is one JSON object per line in
+`metric-<name>.jsonl`. Dataset features and FID statistics are cached under a key made of the image content, the
+sha256 of the Inception weights file and the mirror flag, in $DNNLIB_CACHE_DIR/stylegan_rlo-metrics (default
+~/.cache/dnnlib/...), by evaluation.metrics_cache: torch-fidelity's own cache, which unpickles whatever it finds,
+is never used.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import functools
+import hashlib
+import json
+import os
+import re
+import time
+import zipfile
+from typing import Any, Callable, NamedTuple, Sequence
+
+import numpy as np
+import torch
+import torch_fidelity
+from torch_fidelity.defaults import DEFAULTS as FIDELITY_DEFAULTS
+from torch_fidelity.metric_fid import fid_features_to_statistics, fid_statistics_to_metric
+from torch_fidelity.metric_kid import kid_features_to_metric
+from torch_fidelity.utils import get_featuresdict_from_dataset
+
+from dnnlib.util import make_cache_dir_path
+from stylegan_rlo.data.dataset import ImageFolderDataset, is_image_name
+from stylegan_rlo.errors import UserError
+from stylegan_rlo.evaluation.generate import generate_images
+from stylegan_rlo.evaluation.inception_weights import (EXTRACTOR_NAME, feature_extractor, resolve_weights_path,
+                                                       sha256_file)
+from stylegan_rlo.evaluation.metrics_cache import cached_tensors
+from stylegan_rlo.fileio import append_line
+from stylegan_rlo.images import to_uint8
+
+
+class _Spec(NamedTuple):
+    num_gen: int     # generated images by default
+
+
+METRIC_SPECS = {
+    "fid50k_full": _Spec(50000),
+    "kid50k_full": _Spec(50000),
+}
+METRIC_NAMES = tuple(METRIC_SPECS)
+METRIC_ALIASES = {"fid": "fid50k_full", "kid": "kid50k_full"}
+KID_NUM_SUBSETS = 100       # as the official kid50k_full
+KID_MAX_SUBSET_SIZE = 1000  # as the official kid50k_full; smaller when fewer images exist
+CACHE_FORMAT = 1            # bump when the cached content changes meaning
+FEATURE_LAYER = "2048"      # Inception pool3 features, the standard FID/KID embedding
+
+
+class MetricError(UserError):
+    """A metric request that cannot be carried out; the message says what to change."""
+
+
+def validate_metric_names(names: Sequence[str]) -> list[str]:
+    """Canonical metric names, deduplicated in order; 'fid'/'kid' are shorthands, 'none' and '' are skipped."""
+    if isinstance(names, str):
+        raise MetricError(f"metric names must be a list, got the string {names!r}; split it on commas first")
+    out: list[str] = []
+    for raw in names:
+        name = str(raw).strip().lower()
+        if name in ("", "none"):
+            continue
+        name = METRIC_ALIASES.get(name, name)
+        if re.fullmatch(r"is(\d+k)?(_full)?|isc|inception_score", name):
+            raise MetricError(f"{raw!r}: Inception Score is not offered (the offline Inception weights have no "
+                              f"1008-way classifier); available: {', '.join(METRIC_NAMES)}")
+        if name not in METRIC_SPECS:
+            raise MetricError(f"unknown metric {raw!r}; available: {', '.join(METRIC_NAMES)} "
+                              f"(or the shorthands {', '.join(METRIC_ALIASES)})")
+        if name not in out:
+            out.append(name)
+    return out
+
+
+def _call_fidelity(func: Callable, *args: Any, **kwargs: Any) -> Any:
+    """A torch-fidelity function, refusing keyword names it does not know (it would silently ignore them)."""
+    unknown = sorted(set(kwargs) - set(FIDELITY_DEFAULTS))
+    if unknown:
+        raise TypeError(f"torch-fidelity {torch_fidelity.__version__} has no option(s) {unknown}")
+    return func(*args, **kwargs)
+
+
+# ---- inputs as torch-fidelity wants them: Datasets of uint8 [3, H, W] tensors -------------------------------------
+
+def _to_rgb(images: torch.Tensor) -> torch.Tensor:
+    """uint8 [..., C, H, W] with C in (1, 3) -> 3 channels (grayscale repeated, as Inception needs RGB)."""
+    channels = images.shape[-3]
+    if channels == 3:
+        return images
+    if channels == 1:
+        return images.expand(*images.shape[:-3], 3, *images.shape[-2:]).contiguous()
+    raise MetricError(f"images have {channels} channels; FID/KID need 1 (grayscale) or 3 (RGB)")
+
+
+class RealImages(torch.utils.data.Dataset):
+    """The images of an ImageFolderDataset as uint8 [3, H, W] tensors."""
+
+    def __init__(self, dataset: ImageFolderDataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, idx: int) -> torch.Tensor:
+        return _to_rgb(torch.from_numpy(self.dataset[idx][0]))
+
+
+class GeneratedImages(torch.utils.data.Dataset):
+    """`num` images of G as uint8 [3, H, W] tensors, made lazily one batch at a time in the calling process.
+
+    Image i depends only on (seed, i): z and the label index come from a generator seeded with [seed, i]; labels are
+    drawn from `label_source` like the official metrics do. Random noise inputs are seeded per batch, so the values
+    also repeat for the same batch size. torch-fidelity reads datasets in order, so each batch is made once.
+    """
+
+    def __init__(self, G: torch.nn.Module, num: int, *, seed: int = 0, batch: int = 64,
+                 label_source: ImageFolderDataset | None = None, noise_mode: str = "random") -> None:
+        if int(G.c_dim) > 0 and (label_source is None or label_source.label_dim != int(G.c_dim)):
+            have = "no labels" if label_source is None or not label_source.has_labels else \
+                f"labels of size {label_source.label_dim}"
+            raise MetricError(f"the network is conditional (c_dim={int(G.c_dim)}) but the dataset has {have}; "
+                              f"use a dataset with matching dataset.json labels")
+        self.G, self.num, self.seed, self.batch = G, int(num), int(seed), int(batch)
+        self.label_source, self.noise_mode = label_source, noise_mode
+        self.device = next(G.parameters()).device
+        self._chunk_idx: int | None = None
+        self._chunk: torch.Tensor | None = None
+
+    def __len__(self) -> int:
+        return self.num
+
+    def _latents_and_labels(self, indices: range) -> tuple[np.ndarray, torch.Tensor]:
+        z = np.empty([len(indices), int(self.G.z_dim)])
+        c = torch.zeros([len(indices), int(self.G.c_dim)])
+        for row, i in enumerate(indices):
+            rng = np.random.default_rng([self.seed, i])
+            z[row] = rng.standard_normal(z.shape[1])
+            if self.label_source is not None:
+                c[row] = torch.from_numpy(self.label_source.get_label(int(rng.integers(len(self.label_source)))))
+        return z, c
+
+    def _make_chunk(self, k: int) -> torch.Tensor:
+        indices = range(k * self.batch, min((k + 1) * self.batch, self.num))
+        z, c = self._latents_and_labels(indices)
+        noise_seed = int(np.random.default_rng([self.seed, indices.start, 1]).integers(2**63))
+        cuda = self.device.type == "cuda"
+        with torch.random.fork_rng(devices=[self.device] if cuda else []):
+            torch.default_generator.manual_seed(noise_seed)
+            if cuda:
+                with torch.cuda.device(self.device):
+                    torch.cuda.manual_seed(noise_seed)
+            imgs = generate_images(self.G, z, c, noise_mode=self.noise_mode, batch=len(indices))
+        return _to_rgb(torch.from_numpy(to_uint8(imgs)).permute(0, 3, 1, 2).contiguous())
+
+    def __getitem__(self, idx: int) -> torch.Tensor:
+        if not 0 <= idx < self.num:
+            raise IndexError(idx)
+        k = idx // self.batch
+        if k != self._chunk_idx:
+            self._chunk, self._chunk_idx = self._make_chunk(k), k
+        return self._chunk[idx - k * self.batch]
+
+
+# ---- cache keys ----------------------------------------------------------------------------------------------------
+
+def dataset_fingerprint(path: str | os.PathLike) -> str:
+    """sha256 over the dataset's image files: names + CRC-32 + sizes from a ZIP's directory (no decompression),
+    names + bytes for a folder. Labels do not affect FID/KID and are left out."""
+    path = os.fspath(path)
+    digest = hashlib.sha256()
+    if os.path.isdir(path):
+        for root, dirs, files in os.walk(path):
+            dirs.sort()
+            for fname in sorted(files):
+                full = os.path.join(root, fname)
+                rel = os.path.relpath(full, path).replace(os.sep, "/")
+                if is_image_name(rel):
+                    digest.update(f"{rel}\0{sha256_file(full)}\n".encode())
+    else:
+        with zipfile.ZipFile(path) as zf:
+            for info in sorted(zf.infolist(), key=lambda i: i.filename):
+                if not info.is_dir() and is_image_name(info.filename):
+                    digest.update(f"{info.filename}\0{info.CRC:08x}\0{info.file_size}\n".encode())
+    return digest.hexdigest()
+
+
+@functools.lru_cache(maxsize=16)
+def _sha256_cached(path: str, size: int, mtime_ns: int) -> str:
+    return sha256_file(path)
+
+
+def weights_fingerprint(path: str | os.PathLike) -> str:
+    """sha256 of a weights file, memoised per (path, size, mtime)."""
+    st = os.stat(path)
+    return _sha256_cached(os.path.realpath(path), st.st_size, st.st_mtime_ns)
+
+
+def cache_dir() -> str:
+    """Folder of the cached dataset features and statistics."""
+    return make_cache_dir_path("stylegan_rlo-metrics")
+
+
+def dataset_cache_name(dataset: ImageFolderDataset, weights_path: str, mirror: bool) -> str:
+    """Cache entry name for a dataset: readable prefix + hash of content, weights and mirror."""
+    key = json.dumps(dict(format=CACHE_FORMAT, extractor=EXTRACTOR_NAME, layer=FEATURE_LAYER,
+                          weights=weights_fingerprint(weights_path), data=dataset_fingerprint(dataset.path),
+                          mirror=bool(mirror)), sort_keys=True)
+    prefix = re.sub(r"[^A-Za-z0-9_.]+", "_", dataset.name)[:40] or "data"
+    return f"{prefix}-{hashlib.sha256(key.encode()).hexdigest()[:32]}"
+
+
+# ---- running the metrics -------------------------------------------------------------------------------------------
+
+class _Input:
+    """One side of a comparison: its images and, for a dataset, the cache entry name of its features and stats."""
+
+    def __init__(self, images: torch.utils.data.Dataset, cache_name: str | None, extractor: torch.nn.Module,
+                 cuda: bool, batch: int, verbose: bool) -> None:
+        self.images, self.cache_name, self.extractor = images, cache_name, extractor
+        self.cuda, self.batch, self.verbose = cuda, batch, verbose
+        self.dim = int(FEATURE_LAYER)
+
+    def _cached(self, kind: str, max_bytes: int, check: Callable, compute: Callable) -> dict[str, torch.Tensor]:
+        if self.cache_name is None:
+            return compute()
+        path = os.path.join(cache_dir(), f"{self.cache_name}-{kind}-{FEATURE_LAYER}.pt")
+        return cached_tensors(path, max_bytes, check, compute)
+
+    @functools.cached_property
+    def features(self) -> torch.Tensor:
+        """Inception features, float32 [N, dim]."""
+        n = len(self.images)
+
+        def compute() -> dict[str, torch.Tensor]:
+            found = get_featuresdict_from_dataset(self.images, self.extractor, self.batch, self.cuda, True,
+                                                  self.verbose)
+            return {"features": found[FEATURE_LAYER]}
+
+        def check(data: dict[str, torch.Tensor]) -> None:
+            f = data.get("features")
+            if f is None or f.dtype != torch.float32 or tuple(f.shape) != (n, self.dim):
+                raise ValueError(f"expected float32 features of shape {(n, self.dim)}")
+
+        return self._cached("features", n * self.dim * 4, check, compute)["features"]
+
+    @functools.cached_property
+    def fid_statistics(self) -> dict[str, np.ndarray]:
+        """Mean (float32 [dim]) and covariance (float64 [dim, dim]) of the features, as torch-fidelity computes."""
+        def compute() -> dict[str, torch.Tensor]:
+            return {k: torch.from_numpy(v) for k, v in fid_features_to_statistics(self.features).items()}
+
+        def check(data: dict[str, torch.Tensor]) -> None:
+            mu, sigma = data.get("mu"), data.get("sigma")
+            if mu is None or sigma is None or mu.dtype != torch.float32 or sigma.dtype != torch.float64 \
+                    or tuple(mu.shape) != (self.dim,) or tuple(sigma.shape) != (self.dim, self.dim):
+                raise ValueError(f"expected FID statistics mu [{self.dim}] and sigma [{self.dim}, {self.dim}]")
+
+        stats = self._cached("fid-stats", self.dim * 4 + self.dim ** 2 * 8, check, compute)
+        return {k: v.numpy() for k, v in stats.items()}
+
+
+# Inception on the CPU runs about 1.5x faster with channels-last weights (oneDNN's preferred layout); the features
+# move by float32 rounding only (within 1e-5: tests/test_metrics.py). Measured by scripts/bench_inception.py.
+CPU_MEMORY_FORMAT = torch.channels_last
+
+
+def _measure(input1: torch.utils.data.Dataset, input2: torch.utils.data.Dataset, names: list[str], *,
+             cache_name1: str | None, cache_name2: str, device: torch.device, batch: int, seed: int,
+             weights_path: str, verbose: bool) -> dict[str, float]:
+    """All requested metrics of input1 against input2 -> {metric name: value} (one feature pass per input)."""
+    n1, n2 = len(input1), len(input2)
+    if min(n1, n2) < 2:
+        raise MetricError(f"FID/KID need at least 2 images on each side, got {n1} and {n2}")
+    cuda = device.type == "cuda"
+    values = {}
+    with torch.cuda.device(device) if cuda else contextlib.nullcontext():
+        extractor = feature_extractor(weights_path, [FEATURE_LAYER]).to(device)
+        if not cuda:
+            extractor = extractor.to(memory_format=CPU_MEMORY_FORMAT)
+        a, b = (_Input(x, name, extractor, cuda, batch, verbose) for x, name in ((input1, cache_name1),
+                                                                                 (input2, cache_name2)))
+        if "fid50k_full" in names:
+            values["fid50k_full"] = fid_statistics_to_metric(a.fid_statistics, b.fid_statistics,
+                                                             verbose)[torch_fidelity.KEY_METRIC_FID]
+        if "kid50k_full" in names:
+            kid = _call_fidelity(kid_features_to_metric, a.features, b.features, kid_subsets=KID_NUM_SUBSETS,
+                                 kid_subset_size=min(KID_MAX_SUBSET_SIZE, n1, n2), rng_seed=seed, verbose=verbose)
+            values["kid50k_full"] = kid[torch_fidelity.KEY_METRIC_KID_MEAN]
+    return {n: float(values[n]) for n in names}
+
+
+def make_record(name: str, value: float, *, num_gen: int, total_time: float, snapshot_pkl: str | None,
+                **extra: Any) -> dict:
+    """One official-format metric record (plus num_gen and any `extra` fields)."""
+    return dict(results={name: value}, metric=name, num_gen=int(num_gen), snapshot_pkl=snapshot_pkl,
+                total_time=float(total_time), timestamp=time.time(), **extra)
+
+
+def append_records(records: Sequence[dict], run_dir: str) -> None:
+    """Append each record as one JSON line to run_dir/metric-<name>.jsonl (locked: concurrent writers lose nothing)."""
+    for rec in records:
+        append_line(os.path.join(run_dir, f"metric-{rec['metric']}.jsonl"), json.dumps(rec))
+
+
+def _checked_names(metrics: Sequence[str], batch: int) -> list[str]:
+    names = validate_metric_names(metrics)
+    if not names:
+        raise MetricError(f"no metric requested; choose from {', '.join(METRIC_NAMES)}")
+    if int(batch) < 1:
+        raise MetricError(f"batch must be at least 1, got {batch}")
+    return names
+
+
+def evaluate_snapshot(G: torch.nn.Module, *, metrics: Sequence[str], data: str, num_gen: int | None = None,
+                      mirror: bool = False, device: str | torch.device = "cpu", seed: int = 0, batch: int = 64,
+                      snapshot_pkl: str | None = None, run_dir: str | None = None,
+                      inception_weights: str | None = None, verbose: bool = False) -> list[dict]:
+    """Compare G's images (num_gen, default 50k) with the whole dataset `data` (x-flipped copies added with
+    `mirror`); one record per metric, also appended to run_dir/metric-<name>.jsonl when run_dir is given.
+    `snapshot_pkl` is stored relative to run_dir when inside it. Same seed and batch give the same values."""
+    names = _checked_names(metrics, batch)
+    start = time.time()
+    device = torch.device(device)
+    num = int(num_gen) if num_gen is not None else max(METRIC_SPECS[n].num_gen for n in names)
+    weights_path = resolve_weights_path(inception_weights, verbose=verbose)
+    real = ImageFolderDataset(data, use_labels=int(G.c_dim) > 0, xflip=mirror)
+    G = copy.deepcopy(G).eval().requires_grad_(False).to(device)
+    fake = GeneratedImages(G, num, seed=seed, batch=batch, label_source=real if int(G.c_dim) > 0 else None)
+    values = _measure(fake, RealImages(real), names, cache_name1=None,
+                      cache_name2=dataset_cache_name(real, weights_path, mirror), device=device, batch=batch,
+                      seed=seed, weights_path=weights_path, verbose=verbose)
+    if run_dir is not None and snapshot_pkl is not None:
+        rel = os.path.relpath(os.path.abspath(snapshot_pkl), os.path.abspath(run_dir))
+        snapshot_pkl = rel if not rel.startswith("..") else snapshot_pkl
+    elapsed = time.time() - start
+    records = [make_record(n, values[n], num_gen=num, total_time=elapsed, snapshot_pkl=snapshot_pkl) for n in names]
+    if run_dir is not None:
+        append_records(records, run_dir)
+    return records
+
+
+def evaluate_datasets(data: str, ref: str, *, metrics: Sequence[str], mirror: bool = False,
+                      device: str | torch.device = "cpu", seed: int = 0, batch: int = 64,
+                      inception_weights: str | None = None, verbose: bool = False) -> list[dict]:
+    """FID/KID between two datasets (e.g. two halves of one: the noise floor of FID on that many images). Both are
+    cached; `mirror` x-flips both. num_gen in the records is the size of `data`."""
+    names = _checked_names(metrics, batch)
+    start = time.time()
+    weights_path = resolve_weights_path(inception_weights, verbose=verbose)
+    a, b = ImageFolderDataset(data, xflip=mirror), ImageFolderDataset(ref, xflip=mirror)
+    values = _measure(RealImages(a), RealImages(b), names, cache_name1=dataset_cache_name(a, weights_path, mirror),
+                      cache_name2=dataset_cache_name(b, weights_path, mirror), device=torch.device(device),
+                      batch=batch, seed=seed, weights_path=weights_path, verbose=verbose)
+    elapsed = time.time() - start
+    return [make_record(n, values[n], num_gen=len(a), total_time=elapsed, snapshot_pkl=None, data=data, ref=ref)
+            for n in names]

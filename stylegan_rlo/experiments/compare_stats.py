@@ -1,0 +1,136 @@
+"""Statistics of an objective comparison over seeds: mean +- sd per snapshot, paired differences against the
+first objective with 95% t confidence intervals, sec/kimg, and diverged runs (counted, never dropped).
+
+Pairing: runs of two objectives with the same seed share the start network, the data order and the metric
+latents, so their difference removes the seed's own luck; the interval is Student's t on the per-seed differences.
+Works on the summary dict that experiments.compare writes (summary.json), so it can be re-run on old outputs.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import numpy as np
+from scipy import stats as scipy_stats
+
+CONFIDENCE = 0.95
+
+
+def mean_sd(values: Sequence[float]) -> dict:
+    """n, mean and sample standard deviation (ddof=1; None for a single value) of the finite values."""
+    vals = np.asarray([v for v in values if v is not None and math.isfinite(v)], dtype=np.float64)
+    if len(vals) == 0:
+        return dict(n=0, mean=None, sd=None)
+    return dict(n=int(len(vals)), mean=float(vals.mean()), sd=float(vals.std(ddof=1)) if len(vals) > 1 else None)
+
+
+def t_interval(diffs: Sequence[float], confidence: float = CONFIDENCE) -> dict:
+    """Mean of paired differences with its two-sided Student-t confidence interval (None bounds for n < 2)."""
+    d = np.asarray(diffs, dtype=np.float64)
+    out = dict(n=int(len(d)), mean=float(d.mean()) if len(d) else None, low=None, high=None)
+    if len(d) >= 2:
+        half = scipy_stats.t.ppf(0.5 + confidence / 2, df=len(d) - 1) * d.std(ddof=1) / math.sqrt(len(d))
+        out.update(low=float(d.mean() - half), high=float(d.mean() + half))
+    return out
+
+
+def _is_finite(value) -> bool:
+    return value is not None and math.isfinite(value)
+
+
+def run_diverged(run: dict, start: dict, names: Sequence[str]) -> bool:
+    """A run diverged when any of its metric values is non-finite or its last FID is above the start network's."""
+    values = [p.get(n) for p in run["points"][1:] for n in names]
+    if any(v is None or not math.isfinite(v) for v in values):
+        return True
+    fid = next((n for n in names if n.startswith("fid")), None)
+    return bool(fid and len(run["points"]) > 1 and _is_finite(start.get(fid))
+                and run["points"][-1][fid] > start[fid])
+
+
+def _kimgs(runs: Sequence[dict]) -> list[float]:
+    return sorted({p["kimg"] for r in runs for p in r["points"]})
+
+
+def _value_at(run: dict, kimg: float, name: str):
+    return next((p.get(name) for p in run["points"] if p["kimg"] == kimg), None)
+
+
+def comparison_statistics(summary: dict) -> dict:
+    """Per objective: runs, diverged count, sec/kimg, and per snapshot mean/sd of every metric; per other objective
+    and snapshot: the paired difference (objective - first objective) over the shared seeds with its t interval."""
+    names, runs, start = summary["config"]["metrics"], summary["runs"], summary["start"]
+    labels = list(dict.fromkeys(r["objective"] for r in runs))
+    per_objective = {}
+    for label in labels:
+        group = [r for r in runs if r["objective"] == label]
+        speeds = [r["train_sec"] / r["points"][-1]["kimg"] for r in group
+                  if len(r["points"]) > 1 and r["points"][-1]["kimg"] > 0]
+        per_objective[label] = dict(
+            runs=len(group), seeds=[r["seed"] for r in group],
+            diverged=sum(run_diverged(r, start, names) for r in group),
+            sec_per_kimg=mean_sd(speeds),
+            snapshots=[dict(kimg=k, **{n: mean_sd([_value_at(r, k, n) for r in group]) for n in names})
+                       for k in _kimgs(group)])
+    paired = {}
+    if labels:
+        base = {r["seed"]: r for r in runs if r["objective"] == labels[0]}
+        for label in labels[1:]:
+            other = {r["seed"]: r for r in runs if r["objective"] == label}
+            seeds = [s for s in other if s in base]
+            rows = []
+            for k in _kimgs([base[s] for s in seeds] + [other[s] for s in seeds]):
+                row = dict(kimg=k)
+                for n in names:
+                    pairs = [(_value_at(other[s], k, n), _value_at(base[s], k, n)) for s in seeds]
+                    row[n] = t_interval([a - b for a, b in pairs if _is_finite(a) and _is_finite(b)])
+                rows.append(row)
+            paired[label] = dict(against=labels[0], seeds=seeds, snapshots=rows)
+    return dict(confidence=CONFIDENCE, interval="Student t on per-seed paired differences",
+                objectives=per_objective, paired=paired)
+
+
+def metric_cell(name: str, value: float | None) -> str:
+    """A metric value as the summaries print it: KID to 4 decimals, FID to 2, '-' for none."""
+    if value is None:
+        return "-"
+    return f"{value:.4f}" if name.startswith("kid") else f"{value:.2f}"
+
+
+def markdown_table(rows: list[list[str]], header: list[str]) -> list[str]:
+    """Lines of a markdown table."""
+    return ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"] + \
+        ["| " + " | ".join(r) + " |" for r in rows]
+
+
+def statistics_markdown(stats: dict, names: Sequence[str], labels: dict[str, str]) -> list[str]:
+    """Markdown lines: mean +- sd per objective and snapshot, paired differences with CIs, speed and divergences.
+    `labels` maps metric names to column titles (FID, KID)."""
+    title = {n: labels.get(n, n) for n in names}
+    lines = ["## Mean ± sd over seeds, per snapshot", ""]
+    rows = []
+    for label, obj in stats["objectives"].items():
+        for snap in obj["snapshots"]:
+            rows.append([label, f"{snap['kimg']:g}", str(max(snap[n]["n"] for n in names))] +
+                        [f"{metric_cell(n, snap[n]['mean'])} ± {metric_cell(n, snap[n]['sd'])}" for n in names])
+    lines += markdown_table(rows, ["objective", "kimg", "runs"] + [f"{title[n]} (mean ± sd)" for n in names])
+    pct = f"{stats['confidence'] * 100:g}%"
+    for label, pair in stats["paired"].items():
+        lines += ["", f"## Paired difference: {label} minus {pair['against']} (same seeds: "
+                      f"{', '.join(map(str, pair['seeds'])) or 'none'})", "",
+                  f"Negative is better for {label}. {pct} interval: {stats['interval']}; an interval that "
+                  "contains 0 means no difference was detected at this number of seeds.", ""]
+        rows = [[f"{snap['kimg']:g}", str(max(snap[n]["n"] for n in names))] +
+                [f"{metric_cell(n, snap[n]['mean'])} [{metric_cell(n, snap[n]['low'])}, "
+                 f"{metric_cell(n, snap[n]['high'])}]" for n in names]
+                for snap in pair["snapshots"] if snap["kimg"] > 0]
+        lines += markdown_table(rows, ["kimg", "pairs"] + [f"Δ{title[n]} [{pct} CI]" for n in names])
+    lines += ["", "## Speed and divergence", ""]
+    rows = [[label, str(obj["runs"]), str(obj["diverged"]),
+             "-" if obj["sec_per_kimg"]["mean"] is None else
+             f"{obj['sec_per_kimg']['mean']:.1f} ± {obj['sec_per_kimg']['sd'] or 0:.1f}"]
+            for label, obj in stats["objectives"].items()]
+    lines += markdown_table(rows, ["objective", "runs", "diverged (non-finite or FID above start)",
+                                   "sec/kimg (training)"])
+    return lines

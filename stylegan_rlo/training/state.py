@@ -1,0 +1,173 @@
+"""Exact resume: the training state file written next to each network snapshot.
+
+`network-snapshot-NNNNNN.pkl` keeps the official pickle format; `network-snapshot-NNNNNN.state.pt` holds what the
+pickle lacks for a run to continue as if it had never stopped: both Adam optimizers, each rank's pl_mean, pending
+ADA statistics and RNG states (torch, CUDA, numpy, python), the data sampler position, tick and kimg. It contains
+tensors and plain values only (`torch.load(weights_only=True)` reads it: loading cannot run code) and is written
+atomically.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import random
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+
+from stylegan_rlo.fileio import atomic_write
+from stylegan_rlo.training.config import TrainingOptionsError
+
+FORMAT = "stylegan_rlo.training_state"
+VERSION = 1
+SUFFIX = ".state.pt"
+
+
+class TrainingStateError(TrainingOptionsError):
+    """A training state file that cannot be used; the message names the file."""
+
+
+def state_path(snapshot_pkl: str) -> str:
+    """The state file of a snapshot: `x/network-snapshot-000012.pkl` -> `x/network-snapshot-000012.state.pt`."""
+    base = snapshot_pkl[:-4] if snapshot_pkl.endswith(".pkl") else snapshot_pkl
+    return base + SUFFIX
+
+
+def find_state(resume: str) -> str | None:
+    """The state file beside a local `--resume` pickle, if there is one (URLs have none)."""
+    if "://" in resume or not os.path.isfile(resume):
+        return None
+    path = state_path(resume)
+    return path if os.path.isfile(path) else None
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Random number generators as plain values.
+
+def rng_state() -> dict:
+    """This process's torch, CUDA, numpy and python RNG states."""
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    version, internal, gauss_next = random.getstate()
+    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() and torch.cuda.is_initialized() else []
+    return dict(torch=torch.get_rng_state(), cuda=list(cuda),
+                numpy=dict(name=str(name), keys=torch.from_numpy(keys.astype(np.int64)), pos=int(pos),
+                           has_gauss=int(has_gauss), cached_gaussian=float(cached)),
+                python=dict(version=int(version), internal=[int(v) for v in internal], gauss_next=gauss_next))
+
+
+def set_rng_state(state: dict) -> None:
+    """Put back what rng_state() returned."""
+    torch.set_rng_state(state["torch"])
+    if state["cuda"]:
+        torch.cuda.set_rng_state_all(state["cuda"])
+    n = state["numpy"]
+    np.random.set_state((n["name"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
+                         n["cached_gaussian"]))
+    p = state["python"]
+    random.setstate((p["version"], tuple(p["internal"]), p["gauss_next"]))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Writing.
+
+def rank_state(loss_fn, ada_stats) -> dict:
+    """What differs between ranks: RNG states, pl_mean, ADA statistics not yet used."""
+    return dict(rng=rng_state(), pl_mean=loss_fn.pl_mean.detach().cpu().clone(),
+                ada_stats=ada_stats.state_dict() if ada_stats is not None else None)
+
+
+def gather(state: dict, num_gpus: int) -> list[dict]:
+    """Every rank's rank_state (all ranks must call this; rank 0 uses the result)."""
+    if num_gpus == 1:
+        return [state]
+    states: list[Any] = [None] * num_gpus
+    torch.distributed.all_gather_object(states, state)
+    return states
+
+
+def _optimizers(phases) -> dict[str, torch.optim.Optimizer]:
+    """'G'/'D' -> the optimizer its phases share."""
+    return {phase.name[0]: phase.opt for phase in phases}
+
+
+def write(path: str, *, phases, ranks: list[dict], progress: dict, data_items: int, schedule: dict) -> None:
+    """Write the state file atomically (rank 0)."""
+    state = dict(format=FORMAT, version=VERSION, num_gpus=len(ranks), data_items=int(data_items),
+                 progress=dict(progress), schedule=dict(schedule), ranks=ranks,
+                 optimizers={name: opt.state_dict() for name, opt in _optimizers(phases).items()})
+    with atomic_write(path, "wb") as f:
+        torch.save(state, f)
+
+
+def remove_stale(path: str) -> None:
+    """Remove an older state file about to be replaced (so a kill before the new one leaves none, not a wrong one)."""
+    if os.path.exists(path):
+        os.remove(path)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Reading.
+
+def read(path: str, progress: dict | None = None) -> dict:
+    """Load and check a state file (tensors memory-mapped); `progress` is its snapshot's, which must match."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as e:  # noqa: BLE001 -- torch raises many types for a bad or unsafe file
+        raise TrainingStateError(f"training state {path}: cannot be read ({type(e).__name__}: "
+                                 f"{str(e).splitlines()[0] if str(e) else ''}); delete it to resume without it "
+                                 f"(not exactly)") from None
+    if not isinstance(state, dict) or state.get("format") != FORMAT or state.get("version") != VERSION:
+        raise TrainingStateError(f"training state {path}: not a {FORMAT} version {VERSION} file")
+    missing = {"num_gpus", "data_items", "progress", "schedule", "ranks", "optimizers"} - set(state)
+    if missing:
+        raise TrainingStateError(f"training state {path}: missing {sorted(missing)}")
+    if progress is not None:
+        for key in ("cur_nimg", "cur_tick", "batch_idx"):
+            if state["progress"].get(key) != progress.get(key):
+                raise TrainingStateError(
+                    f"training state {path} is for {key}={state['progress'].get(key)} but its snapshot has "
+                    f"{key}={progress.get(key)}; it belongs to another snapshot: delete it to resume without it")
+    return state
+
+
+def load_on_ranks(path: str, rank: int, num_gpus: int) -> dict:
+    """Rank 0 reads the state file; the others receive it (the file need not be visible to them)."""
+    holder = [read(path) if rank == 0 else None]
+    if num_gpus > 1:
+        torch.distributed.broadcast_object_list(holder, src=0)
+    return holder[0]
+
+
+def restore(state: dict, path: str, phases, loss_fn, ada_stats, rank: int, num_gpus: int, log) -> dict | None:
+    """Load the optimizers, pl_mean and ADA statistics; returns this rank's RNG state to set just before the
+    first iteration (None when the process count changed: then the run continues, but not bit-exactly)."""
+    for name, opt in _optimizers(phases).items():
+        try:
+            opt.load_state_dict(state["optimizers"][name])
+        except (KeyError, ValueError, RuntimeError) as e:
+            raise TrainingStateError(f"training state {path}: the {name} optimizer state does not fit the "
+                                     f"network ({e}); delete the file to resume without it") from None
+    log(f'Restored the training state from "{path}" (optimizers, pl_mean, ADA, RNG, data position)')
+    if int(state["num_gpus"]) != num_gpus:
+        log(f"The state was saved by {state['num_gpus']} process(es), this run has {num_gpus}: per-process "
+            f"state (RNG, pl_mean) starts afresh, so the run continues but not bit-exactly")
+        return None
+    mine = state["ranks"][rank]
+    loss_fn.pl_mean.copy_(mine["pl_mean"])
+    if ada_stats is not None and mine["ada_stats"] is not None:
+        ada_stats.load_state_dict(mine["ada_stats"], device=loss_fn.pl_mean.device)
+    return mine["rng"]
+
+
+class SkipSampler(torch.utils.data.Sampler):
+    """`sampler`'s index stream without its first `skip` items: the data position of a resumed run."""
+
+    def __init__(self, sampler: torch.utils.data.Sampler, skip: int):
+        super().__init__()
+        self.sampler = sampler
+        self.skip = int(skip)
+
+    def __iter__(self) -> Iterator[int]:
+        return itertools.islice(iter(self.sampler), self.skip, None)
