@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import ast
 import configparser
+import fnmatch
 import glob
 import importlib
 import os
@@ -104,3 +105,22 @@ def test_fresh_venv_install_runs_every_command(tmp_path):
     result = subprocess.run([str(venv / "bin" / "python"), "-c", probe], capture_output=True, text=True, env=env,
                             cwd=tmp_path)
     assert result.returncode == 0 and "site-packages" in result.stdout, result.stderr[-2000:]
+
+
+def test_every_package_folder_and_data_file_is_listed():
+    """setup.cfg's package search finds every folder of the tree (so setuptools warns of no importable but unlisted
+    package), and every non-Python file in a stylegan_rlo folder is package data."""
+    from setuptools import find_namespace_packages
+    find = CONFIG["options.packages.find"]
+    found = set(find_namespace_packages(REPO, include=find["include"].split(), exclude=find["exclude"].split()))
+    folders = {os.path.relpath(root, REPO).replace(os.sep, ".") for top in ("stylegan_rlo", "torch_utils", "dnnlib")
+               for root, dirs, _ in os.walk(os.path.join(REPO, top)) if "__pycache__" not in root}
+    assert folders == found
+    data = {package: [p.strip() for p in patterns.split(",")]
+            for package, patterns in CONFIG["options.package_data"].items()}
+    for root, _, files in os.walk(os.path.join(REPO, "stylegan_rlo")):
+        package = os.path.relpath(root, REPO).replace(os.sep, ".")
+        for name in files:
+            if not name.endswith((".py", ".pyc", ".md")):
+                assert any(fnmatch.fnmatch(name, p) for p in data.get(package, [])), \
+                    f"{package}/{name} is not package data in setup.cfg"
