@@ -15,7 +15,7 @@ step() { local name=$1 limit=$2; shift 2; log "start $name"; local t0=$SECONDS
 cat "$OUT/env.txt"
 
 # 1. CUDA op tests, the slow plugin builds included (first build timed inside).
-step ops 200 $PY -m pytest -q -m "" -p no:cacheprovider -rs --durations=8 tests/test_custom_ops.py tests/test_ops_bias_act.py tests/test_ops_upfirdn2d.py tests/test_ops_conv2d_resample.py tests/test_ops_conv2d_gradfix.py
+step ops 200 $PY -m pytest -q -m "" -p no:cacheprovider -rs --durations=8 tests/upstream_api/test_custom_ops.py tests/upstream_api/test_ops_bias_act.py tests/upstream_api/test_ops_upfirdn2d.py tests/upstream_api/test_ops_conv2d_resample.py tests/upstream_api/test_ops_conv2d_gradfix.py
 
 # 2. Short fp16 training run (64x64: fp16 in the top 4 resolutions), exact resume, generate.
 D=/tmp/smoke; rm -rf $D; mkdir -p $D/imgs

@@ -18,7 +18,7 @@ def parse_device(text: str | torch.device, num_processes: int = 1) -> torch.devi
 
     `auto` picks cuda when a GPU is usable. `cuda:N` names one GPU, so it needs num_processes == 1.
     """
-    import torch
+    import torch  # start-up: the commands parse --device without torch until they run (fast --help)
     if str(text) == "auto":
         text = "cuda" if torch.cuda.is_available() else "cpu"
     try:

@@ -13,6 +13,7 @@ from typing import Callable
 import torch
 
 from stylegan_rlo.errors import UserError
+from torch_utils.ops import bias_act, upfirdn2d
 
 OpFn = Callable[[torch.Tensor, str], torch.Tensor]
 
@@ -24,7 +25,6 @@ def stylegan_channels(res: int, cbase: int = 32768, cmax: int = 512) -> int:
 
 def make_ops(device: torch.device, dtype: torch.dtype, channels: int) -> dict[str, OpFn]:
     """The benchmarked calls, each taking (x, impl), as the networks issue them."""
-    from torch_utils.ops import bias_act, upfirdn2d
     f = upfirdn2d.setup_filter([1, 3, 3, 1], device=device)
     b = torch.randn([channels], device=device, dtype=dtype)
     return {
@@ -68,7 +68,6 @@ def require_kernels() -> None:
     if not torch.cuda.is_available():
         raise UserError("bench_ops needs a CUDA GPU (torch.cuda.is_available() is False); "
                                    "the kernels it compares cannot run on this machine.")
-    from torch_utils.ops import bias_act, upfirdn2d
     missing = [m.__name__ for m in (upfirdn2d, bias_act) if not m._init()]
     if missing:
         raise UserError(f'the CUDA plugins of {missing} are not available (see the warning above); '

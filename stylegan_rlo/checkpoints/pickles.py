@@ -21,7 +21,7 @@ import os
 import pickle
 import struct
 import zipfile
-from typing import IO, Any, Callable, Iterable
+from typing import IO, Any, Iterable
 
 import numpy as np
 import torch
@@ -31,6 +31,11 @@ from stylegan_rlo.checkpoints.limits import AllocationGuard, LimitExceeded, chec
 from stylegan_rlo.errors import UserError
 from stylegan_rlo.fileio import atomic_write
 from torch_utils import persistence
+
+try:  # numpy's scalar reconstructor (numpy 2 moved it to numpy._core, numpy 1 pickles say numpy.core)
+    from numpy._core.multiarray import scalar as _numpy_scalar
+except ImportError:  # numpy 1.x
+    from numpy.core.multiarray import scalar as _numpy_scalar
 
 SNAPSHOT_KEYS = ("G", "D", "G_ema", "augment_pipe", "training_set_kwargs")
 SAFE_CLASS_MODULES = ("stylegan_rlo.model.networks", "stylegan_rlo.model.augment")
@@ -209,15 +214,6 @@ def _python3_name(module: str, name: str) -> tuple[str, str]:
     return _compat_pickle.IMPORT_MAPPING.get(module, module), name
 
 
-def _numpy_scalar() -> Callable:
-    """numpy's scalar reconstructor (numpy 2 moved it to numpy._core, numpy 1 pickles say numpy.core)."""
-    try:
-        from numpy._core.multiarray import scalar
-    except ImportError:  # numpy 1.x
-        from numpy.core.multiarray import scalar
-    return scalar
-
-
 _SAFE_GLOBALS: dict[tuple[str, str], Any] = {
     ("torch_utils.persistence", "_reconstruct_persistent_obj"): _PersistentRecord,
     ("dnnlib.util", "EasyDict"): EasyDict,
@@ -231,8 +227,8 @@ _SAFE_GLOBALS: dict[tuple[str, str], Any] = {
     ("torch._utils", "_rebuild_parameter"): torch._utils._rebuild_parameter,
     ("torch._utils", "_rebuild_parameter_with_state"): torch._utils._rebuild_parameter_with_state,
     ("torch.storage", "_load_from_bytes"): _load_storage_from_bytes,
-    ("numpy.core.multiarray", "scalar"): _numpy_scalar(),
-    ("numpy._core.multiarray", "scalar"): _numpy_scalar(),
+    ("numpy.core.multiarray", "scalar"): _numpy_scalar,
+    ("numpy._core.multiarray", "scalar"): _numpy_scalar,
     ("numpy", "dtype"): np.dtype,
 }
 

@@ -6,6 +6,7 @@ import json
 
 import click
 
+from stylegan_rlo.bench.training import run_bench
 from stylegan_rlo.cli.command import command
 from stylegan_rlo.cli.options import device_option
 from stylegan_rlo.objectives import DEFAULT_K, OBJECTIVES, Objective
@@ -28,7 +29,6 @@ from stylegan_rlo.objectives import DEFAULT_K, OBJECTIVES, Objective
 def main(res: int, cbase: int, cmax: int, batch: int, map_depth: int, iters: int, warmup: int, device,
          threads: int | None, loss: str, k: float | None, seed: int) -> None:
     """Benchmark one training iteration (same code as the training loop) on synthetic data."""
-    from stylegan_rlo.bench.training import run_bench
     if res & (res - 1):
         raise click.BadParameter(f"must be a power of two, got {res}", param_hint="--res")
     result = run_bench(res=res, cbase=cbase, cmax=cmax, batch=batch, map_depth=map_depth, iters=iters,

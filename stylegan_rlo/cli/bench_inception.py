@@ -15,7 +15,7 @@ from stylegan_rlo.cli.command import command
 @click.option("--inception-weights", metavar="FILE", help="Weights [default: the file `make setup` converts].")
 def main(batch: int, rounds: int, threads: int, inception_weights: str | None) -> None:
     """Print images/s of each memory format (median of the rounds) and their ratio."""
-    from stylegan_rlo.bench.inception import inception_throughput
+    from stylegan_rlo.bench.inception import inception_throughput  # start-up: torch-fidelity (fast --help)
     torch.set_num_threads(threads)
     rates = inception_throughput(inception_weights, batch=batch, rounds=rounds)
     medians = {name: sorted(r)[len(r) // 2] for name, r in rates.items()}

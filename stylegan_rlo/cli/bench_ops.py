@@ -12,6 +12,7 @@ import json
 import click
 
 from stylegan_rlo.cli.command import command
+from stylegan_rlo.fileio import atomic_write
 
 
 @command()
@@ -27,6 +28,7 @@ def main(batch: int, dtype_name: str, min_res: int, max_res: int, iters: int, wa
     """Benchmark the custom CUDA ops against the PyTorch path."""
     if min_res > max_res:
         raise click.BadParameter(f"--min-res {min_res} is above --max-res {max_res}", param_hint="--min-res")
+    # start-up: torch and the benchmark load only once the options are checked (fast --help)
     import torch
 
     from stylegan_rlo.bench.ops import format_table, require_kernels, run
@@ -36,7 +38,6 @@ def main(batch: int, dtype_name: str, min_res: int, max_res: int, iters: int, wa
     click.echo(f"{torch.cuda.get_device_name()}, torch {torch.__version__}, batch {batch}, {dtype_name}")
     click.echo(format_table(records))
     if json_path:
-        from stylegan_rlo.fileio import atomic_write
         with atomic_write(json_path, "w") as fh:
             json.dump({"device": torch.cuda.get_device_name(), "torch": torch.__version__, "records": records},
                       fh, indent=1)

@@ -16,7 +16,7 @@ RUN_DIR_MARKER = "training_options.json"
 
 
 def _parse_metrics(_ctx: click.Context, _param: click.Parameter, value: str) -> list[str]:
-    from stylegan_rlo.evaluation.metrics import validate_metric_names
+    from stylegan_rlo.evaluation.metrics import validate_metric_names  # start-up: torch, torch-fidelity (fast --help)
     try:
         names = validate_metric_names(value.split(","))
     except UserError as e:
@@ -59,6 +59,7 @@ def main(network: str | None, data: str, ref: str | None, metric_names: list[str
       python scripts/calc_fid.py --network runs/00000-dogs/network-snapshot-000200.pkl --data dogs.zip --num 5000
       python scripts/calc_fid.py --data half_a.zip --ref half_b.zip --metrics fid,kid
     """
+    # start-up: torch and torch-fidelity load only once the command runs (fast --help)
     from stylegan_rlo.checkpoints.pickles import load_network_pkl
     from stylegan_rlo.evaluation.metrics import evaluate_datasets, evaluate_snapshot
 

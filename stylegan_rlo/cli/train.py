@@ -1,6 +1,6 @@
 """`scripts/train.py`: train or fine-tune StyleGAN2-ADA with the logistic or the rooted logistic objective.
 
-The options are generated from stylegan_rlo.training.config.TRAINING_OPTIONS and validated there (one place); the
+The options are generated from stylegan_rlo.training.options.TRAINING_OPTIONS and validated there (one place); the
 work is stylegan_rlo.training.launch / stylegan_rlo.training.loop.
 """
 

@@ -19,6 +19,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
+from PIL import Image, ImageDraw
 
 from stylegan_rlo.checkpoints.pickles import PickleError, load_network_pkl
 from stylegan_rlo.data.dataset import DatasetError, ImageFolderDataset
@@ -32,7 +33,8 @@ from stylegan_rlo.fileio import atomic_write
 from stylegan_rlo.images import make_grid, save_png, to_uint8
 from stylegan_rlo.objectives import Objective
 from stylegan_rlo.training.best_snapshot import read_best, resolve_best_metric, update_best
-from stylegan_rlo.training.config import TRAINING_OPTIONS, setup_training_options
+from stylegan_rlo.training.config import setup_training_options
+from stylegan_rlo.training.options import TRAINING_OPTIONS
 from stylegan_rlo.training.launch import launch_training
 
 # Options the comparison sets itself for every run (the table's non-per-run ones, and exact_resume: each run keeps
@@ -90,7 +92,6 @@ def grid_images(G: torch.nn.Module, grid: tuple[int, int], device: torch.device)
 def save_labelled_blocks(blocks: Sequence[tuple[str, np.ndarray]], grid: tuple[int, int], path: str) -> None:
     """One PNG: for each (title, uint8 NHWC images) a title strip above a cols x rows grid of the images; images
     smaller than 64 pixels are enlarged (nearest neighbour) to at least 64 so that they can be seen."""
-    from PIL import Image, ImageDraw
     parts = []
     for title, images in blocks:
         zoom = max(1, 64 // images.shape[1])
@@ -460,9 +461,9 @@ def summary_markdown(summary: dict) -> str:
 def plot_metrics(summary: dict, path: str) -> None:
     """metrics.png: each metric against kimg: per objective the mean over seeds with a +-sd band, each run as a
     thin line, the noise floor dashed."""
-    import matplotlib
+    import matplotlib  # start-up: matplotlib loads only when a plot is drawn (not on the commands' import path)
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # start-up, as matplotlib above
     names = summary["config"]["metrics"]
     fig, axes = plt.subplots(1, len(names), figsize=(5.5 * len(names), 4), squeeze=False)
     stats = comparison_statistics(summary)

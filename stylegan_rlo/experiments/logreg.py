@@ -48,7 +48,7 @@ def first_reach(history: Sequence[float], target: float, below: bool) -> int | N
 def load_wine_binary(test_fraction: float = 0.3, seed: int = 0) -> BinaryData:
     """UCI Wine, class 0 against the rest, split per class with a seeded shuffle, standardized by training stats."""
     try:
-        from sklearn.datasets import load_wine
+        from sklearn.datasets import load_wine  # optional package: scikit-learn comes with the logreg extra
     except ImportError as e:
         raise UserError("the Wine experiment needs scikit-learn for its bundled copy of the data: "
                           "pip install scikit-learn (or pip install -e '.[logreg]')") from e
@@ -144,9 +144,9 @@ def format_table(runs: Sequence[RunResult], loss_target: float, acc_target: floa
 
 def save_plot(runs: Sequence[RunResult], path: str | os.PathLike, lr: float) -> None:
     """Training cross-entropy (log scale) and accuracy against iterations, one line per run, PNG written atomically."""
-    import matplotlib
+    import matplotlib  # start-up: matplotlib loads only when a plot is drawn (not on the commands' import path)
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # start-up, as matplotlib above
 
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(11, 4))
     for r in runs:

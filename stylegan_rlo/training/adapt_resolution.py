@@ -15,7 +15,8 @@ from typing import Iterable
 
 import torch
 
-from stylegan_rlo.training.config import TrainingOptionsError
+from stylegan_rlo.model import networks
+from stylegan_rlo.training.options import TrainingOptionsError
 
 ACTIONS = ("copied", "fresh", "dropped")  # dropped: in the pickle, not in the adapted network
 _BLOCK = re.compile(r"b\d+")
@@ -107,7 +108,6 @@ def transfer(source: torch.nn.Module, target: torch.nn.Module, network: str, cop
 
 def plan(source_G: torch.nn.Module, source_D: torch.nn.Module, G_kwargs: dict, D_kwargs: dict) -> list[dict]:
     """The transfer report for networks built from the adapted kwargs (built on the CPU, nothing copied)."""
-    from stylegan_rlo.model import networks
     return (transfer(source_G, networks.Generator(**G_kwargs), "G", copy=False)
             + transfer(source_D, networks.Discriminator(**D_kwargs), "D", copy=False))
 
@@ -128,7 +128,6 @@ def adapt(resume_data: dict, G_kwargs: dict, D_kwargs: dict, resolution: int, so
           ) -> tuple[dict, dict, dict | None]:
     """(G kwargs, D kwargs, transfer report) for resuming `resume_data` at `resolution`; report None when the
     pickle already has that resolution."""
-    from stylegan_rlo.model import networks
     source_res = int(G_kwargs.get("img_resolution", 0))
     if source_res == resolution:
         return G_kwargs, D_kwargs, None

@@ -12,13 +12,14 @@ import shutil
 from typing import Sequence
 
 from stylegan_rlo.fileio import atomic_write
-from stylegan_rlo.training.config import TrainingOptionsError
+from stylegan_rlo.training.options import TrainingOptionsError
 
 
 def resolve_best_metric(best_metric: str | None, metrics: Sequence[str]) -> str | None:
     """The metric to track: `best_metric` (a name or shorthand among `metrics`), by default the first metric."""
     if best_metric is None:
         return metrics[0] if metrics else None
+    # start-up: torch-fidelity (~1.5 s) loads only when --best-metric is given; the options are checked without it
     from stylegan_rlo.evaluation.metrics import MetricError, validate_metric_names
     try:
         names = validate_metric_names([best_metric])

@@ -10,7 +10,8 @@ import tempfile
 import torch
 
 from stylegan_rlo.fileio import atomic_write
-from stylegan_rlo.training.loop import dataset_error_in, training_loop
+from stylegan_rlo.training.data_loading import dataset_error_in
+from stylegan_rlo.training.loop import training_loop
 from stylegan_rlo.training.preemption import TrainingStopped, join_forwarding_signals
 from stylegan_rlo.training.run_dir import create_run_dir
 

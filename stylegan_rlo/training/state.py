@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from stylegan_rlo.fileio import atomic_write
-from stylegan_rlo.training.config import TrainingOptionsError
+from stylegan_rlo.training.options import TrainingOptionsError
 
 FORMAT = "stylegan_rlo.training_state"
 VERSION = 1

@@ -11,6 +11,7 @@ from typing import Callable, Sequence
 import torch
 
 from stylegan_rlo.model import networks
+from stylegan_rlo.model.augment import AugmentPipe
 from stylegan_rlo.training.loss import StyleGAN2Loss
 
 Reporter = Callable[[str, torch.Tensor], None]
@@ -34,8 +35,7 @@ def build_networks(G_kwargs: dict, D_kwargs: dict, device: torch.device
 
 
 def build_augment_pipe(augment_kwargs: dict, p: float, device: torch.device) -> torch.nn.Module:
-    """The ADA pipe with probability `p` (imported on use: runs without augmentation never load it)."""
-    from stylegan_rlo.model.augment import AugmentPipe
+    """The ADA pipe with probability `p`."""
     augment_pipe = AugmentPipe(**augment_kwargs).train().requires_grad_(False).to(device)
     augment_pipe.p.copy_(torch.as_tensor(p))
     return augment_pipe

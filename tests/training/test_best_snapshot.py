@@ -11,7 +11,8 @@ from training_fixtures import TINY_COND, TINY_UNCOND, make_zip
 from stylegan_rlo.checkpoints.pickles import load_network_pkl
 from stylegan_rlo.evaluation import inception_weights, metrics
 from stylegan_rlo.training import best_snapshot
-from stylegan_rlo.training.config import TrainingOptionsError, setup_training_options
+from stylegan_rlo.training.config import setup_training_options
+from stylegan_rlo.training.options import TrainingOptionsError
 from stylegan_rlo.training.launch import launch_training
 
 WEIGHTS = inception_weights.default_weights_path()

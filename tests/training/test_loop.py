@@ -20,7 +20,7 @@ from stylegan_rlo.checkpoints.pickles import load_network_pkl
 from stylegan_rlo.data.dataset import DatasetError, ImageFolderDataset
 from stylegan_rlo.training.config import setup_training_options
 from stylegan_rlo.training.launch import launch_training, prepare_run_dir
-from stylegan_rlo.training.loop import _next_batch
+from stylegan_rlo.training.data_loading import next_batch
 from stylegan_rlo.training.stats import StatsAccumulator, fan_out
 from stylegan_rlo.training.step import Batch, TrainingStep, build_phases, ema_beta, sanitize_gradients_, update_ema
 
@@ -325,7 +325,7 @@ def test_loader_worker_dataset_error_is_reraised_with_its_own_message(tmp_path):
     dataset = ImageFolderDataset(data)
     loader = torch.utils.data.DataLoader(dataset, batch_size=3, num_workers=1)
     with pytest.raises(DatasetError) as info:
-        _next_batch(iter(loader))
+        next_batch(iter(loader))
     message = str(info.value)
     assert message.startswith("image 'img00001b.png' in ") and "truncated" in message
     assert "Traceback" not in message and "\n" not in message

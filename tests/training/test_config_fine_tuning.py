@@ -9,7 +9,8 @@ from training_fixtures import TINY_UNCOND, make_zip
 
 from stylegan_rlo.checkpoints.pickles import load_network_pkl
 from stylegan_rlo.cli.train import main
-from stylegan_rlo.training.config import TrainingOptionsError, setup_training_options
+from stylegan_rlo.training.config import setup_training_options
+from stylegan_rlo.training.options import TrainingOptionsError
 from stylegan_rlo.training.launch import launch_training
 
 

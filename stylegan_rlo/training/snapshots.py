@@ -1,0 +1,82 @@
+"""Network snapshots: network-snapshot-NNNNNN.pkl (networks and progress, official format) with its training
+state file, written atomically so that a later run can resume from them exactly; and reading one back for --resume."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import os
+from typing import Any, Callable, Sequence
+
+import torch
+
+from stylegan_rlo.checkpoints.pickles import load_network_pkl, save_network_pkl
+from stylegan_rlo.training import adapt_resolution
+from stylegan_rlo.training import state as training_state
+from stylegan_rlo.training.loss import StyleGAN2Loss
+from stylegan_rlo.training.stats import StatsAccumulator
+from stylegan_rlo.training.step import Phase
+from torch_utils import misc
+
+
+def load_resume(resume_pkl: str, trust_pickle: bool, G: torch.nn.Module, D: torch.nn.Module,
+                G_ema: torch.nn.Module, log: Callable[[str], None], transfer: dict | None = None) -> dict:
+    """Copy the resume pickle's networks into ours (built from its kwargs, or adapted to another resolution as
+    planned in `transfer`); return its 'progress' (or {})."""
+    log(f'Resuming from "{resume_pkl}"')
+    data = load_network_pkl(resume_pkl, trust_pickle=trust_pickle)
+    if transfer is not None:  # --adapt-resolution
+        log(adapt_resolution.apply(transfer, data, G, D, G_ema))
+        return {}  # progress continues only at the same resolution
+    for name, module in [("G", G), ("D", D), ("G_ema", G_ema)]:
+        source = data.get(name) if data.get(name) is not None else data["G"]
+        misc.copy_params_and_buffers(source, module, require_all=True)
+    return dict(data.get("progress") or {})
+
+
+@dataclasses.dataclass
+class SnapshotParts:
+    """What a snapshot saves: the networks and augment pipe (the pickle), and what an exact resume needs besides
+    (the training state): the optimizers of the phases, the loss's pl_mean, pending ADA statistics, the schedule."""
+    training_set_kwargs: dict | None
+    G: torch.nn.Module
+    D: torch.nn.Module
+    G_ema: torch.nn.Module
+    augment_pipe: torch.nn.Module | None
+    phases: Sequence[Phase]
+    loss: StyleGAN2Loss
+    ada_stats: StatsAccumulator | None
+    schedule: dict
+
+
+def _save_network_pkl(parts: SnapshotParts, run_dir: str, rank: int, distributed: bool,
+                      progress: dict) -> tuple[str, torch.nn.Module]:
+    """Write network-snapshot-NNNNNN.pkl atomically on rank 0 (after checking that all ranks agree)."""
+    snapshot: dict[str, Any] = dict(training_set_kwargs=dict(parts.training_set_kwargs or {}))
+    for name in ("G", "D", "G_ema", "augment_pipe"):
+        module = getattr(parts, name)
+        if module is not None:
+            if distributed:
+                misc.check_ddp_consistency(module, ignore_regex=r".*\.w_avg")
+            if rank == 0:
+                module = copy.deepcopy(module).eval().requires_grad_(False).cpu()
+        snapshot[name] = module
+    snapshot["progress"] = progress
+    path = os.path.join(run_dir, f"network-snapshot-{progress['cur_nimg'] // 1000:06d}.pkl")
+    if rank == 0:
+        training_state.remove_stale(training_state.state_path(path))  # a kill in between leaves no wrong one
+        save_network_pkl(path, snapshot)
+    return path, snapshot["G_ema"]
+
+
+def write_snapshot(parts: SnapshotParts, run_dir: str, *, rank: int, num_gpus: int, progress: dict, data_items: int,
+                   log: Callable[[str], None]) -> tuple[str, torch.nn.Module, dict]:
+    """Write the snapshot pickle and its training state (on rank 0; every rank takes part). Returns the pickle's
+    path, its G_ema (a CPU copy on rank 0) and this rank's RNG state as saved, for the run to continue from."""
+    snapshot_pkl, snapshot_G_ema = _save_network_pkl(parts, run_dir, rank, num_gpus > 1, progress)
+    ranks = training_state.gather(training_state.rank_state(parts.loss, parts.ada_stats), num_gpus)
+    if rank == 0:
+        training_state.write(training_state.state_path(snapshot_pkl), phases=parts.phases, ranks=ranks,
+                             progress=progress, schedule=parts.schedule, data_items=data_items)
+    log(f"Saved {os.path.basename(snapshot_pkl)} and its training state")
+    return snapshot_pkl, snapshot_G_ema, ranks[rank]["rng"]
