@@ -18,7 +18,7 @@ from stylegan_rlo.cli.options import bool_option, given, training_options
 from stylegan_rlo.errors import UserError
 from stylegan_rlo.objectives import Objective
 from stylegan_rlo.training.config import setup_training_options
-from stylegan_rlo.training.launch import launch_training, torchrun_env
+from stylegan_rlo.training.launch import launch_training, options_record, torchrun_env
 from stylegan_rlo.training.preemption import TrainingStopped
 from stylegan_rlo.training.run_dir import next_run_id
 
@@ -58,7 +58,7 @@ def main(outdir: str, dry_run: bool, **opts) -> None:
     if is_main:
         run_dir = os.path.join(outdir, f"{next_run_id(outdir):05d}-{run_desc}")
         click.echo("Training options:")
-        click.echo(json.dumps(options, indent=2))
+        click.echo(json.dumps(options_record(options), indent=2))
         click.echo()
         click.echo(f"Output directory:    {run_dir}")
         click.echo(f"Training data:       {options.training_set_kwargs['path']}")
@@ -67,7 +67,7 @@ def main(outdir: str, dry_run: bool, **opts) -> None:
         click.echo(f"Image resolution:    {options.training_set_kwargs['resolution']}")
         click.echo(f"Conditional model:   {options.training_set_kwargs['use_labels']}")
         click.echo(f"Dataset x-flips:     {options.training_set_kwargs['xflip']}")
-        click.echo(f"Objective:           {Objective.parse(options.objective).label}")
+        click.echo(f"Objective:           {Objective.parse(options.loss_kwargs['objective']).label}")
         click.echo()
     if dry_run:
         if is_main:

@@ -348,7 +348,6 @@ def setup_training_options(*, exact_resume: bool = True, **values: Any) -> tuple
         objective = Objective(o.loss, o.k)
     except UserError as e:
         raise TrainingOptionsError(f"--k: {e}") from None
-    args.objective = objective.spec
     args.update(num_gpus=o.gpus, device=str(parse_device(o.device, o.gpus)), random_seed=o.seed,
                 data_loader_kwargs=dict(num_workers=o.workers), kimg_per_tick=o.tick, image_snapshot_ticks=o.snap,
                 network_snapshot_ticks=o.snap, metrics=parse_metrics(o.metrics), metrics_num=o.metrics_num)
@@ -367,7 +366,7 @@ def setup_training_options(*, exact_resume: bool = True, **values: Any) -> tuple
     _check_batch(o, schedule)
     args.G_opt_kwargs = dict(lr=schedule.lr_G, betas=[0.0, 0.99], eps=1e-8)
     args.D_opt_kwargs = dict(lr=schedule.lr_D, betas=[0.0, 0.99], eps=1e-8)
-    args.loss_kwargs = dict(r1_gamma=schedule.r1_gamma)
+    args.loss_kwargs = dict(objective=objective.spec, r1_gamma=schedule.r1_gamma)  # the loss settings together
     if o.cfg == "cifar":
         args.loss_kwargs.update(pl_weight=0, style_mixing_prob=0)
     args.update(total_kimg=schedule.total_kimg, ema_kimg=schedule.ema_kimg, ema_rampup=schedule.ema_rampup,

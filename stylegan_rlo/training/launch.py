@@ -24,11 +24,18 @@ def torchrun_env() -> dict | None:
     return dict(rank=rank, world_size=world_size, local_rank=int(os.environ.get("LOCAL_RANK", rank)))
 
 
+def options_record(options: dict, run_dir: str | None = None) -> dict:
+    """What training_options.json holds: the loop's options, the objective once more as a top-level field (what
+    readers of run directories look up, as in those written before it moved into loss_kwargs) and the run directory."""
+    record = dict(options, objective=options["loss_kwargs"]["objective"])
+    return record if run_dir is None else dict(record, run_dir=run_dir)
+
+
 def prepare_run_dir(outdir: str, run_desc: str, options: dict) -> str:
     """Create the numbered run directory and write training_options.json into it."""
     run_dir = create_run_dir(outdir, run_desc)
     with atomic_write(os.path.join(run_dir, "training_options.json"), "w") as f:
-        json.dump(dict(options, run_dir=run_dir), f, indent=2)
+        json.dump(options_record(options, run_dir), f, indent=2)
     return run_dir
 
 

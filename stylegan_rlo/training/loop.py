@@ -242,8 +242,8 @@ def training_loop(
     G_opt_kwargs: dict | None = None,         # Adam lr / betas / eps for G.
     D_opt_kwargs: dict | None = None,         # Adam lr / betas / eps for D.
     augment_kwargs: dict | None = None,       # augment.AugmentPipe kwargs; None = no augmentation.
-    objective: str,                           # Adversarial objective: 'logistic' or 'rooted:K' (Objective.spec).
-    loss_kwargs: dict | None = None,          # Further StyleGAN2Loss kwargs (r1_gamma, pl_weight, ...).
+    loss_kwargs: dict,                        # StyleGAN2Loss kwargs: objective ('logistic' or 'rooted:K'), r1_gamma,
+                                             # pl_weight, ...
     metrics: list | tuple = (),               # Metric names evaluated at every network snapshot.
     metrics_num: int | None = None,           # Generated images per metric (None = the metric's default).
     random_seed: int = 0,                     # Global seed.
@@ -308,9 +308,9 @@ def training_loop(
         ada_stats = StatsAccumulator(names=("Loss/signs/real",)) if ada_target is not None else None
         report = fan_out(tick_stats, *([ada_stats] if ada_stats is not None else []))
         ddp = _ddp_modules(G, D, device, distributed)
-        loss_fn = StyleGAN2Loss(device=device, G=G, D=ddp["D"], augment_pipe=augment_pipe, objective=objective,
+        loss_fn = StyleGAN2Loss(device=device, G=G, D=ddp["D"], augment_pipe=augment_pipe,
                                 G_mapping=ddp["G_mapping"], G_synthesis=ddp["G_synthesis"], report=report,
-                                **(loss_kwargs or {}))
+                                **loss_kwargs)
         phases = build_phases(G, D, G_opt_kwargs, D_opt_kwargs, G_reg_interval, D_reg_interval)
         step = TrainingStep(phases, loss_fn, G, G_ema, batch_gpu=batch_gpu, num_gpus=num_gpus, ema_kimg=ema_kimg,
                             ema_rampup=ema_rampup, report=report)

@@ -283,7 +283,7 @@ def test_an_interrupted_comparison_continues(tmp_path, weights, one_thread, monk
     launched: list[str] = []
 
     def launch_then_stop(desc, options, outdir, **kw):
-        launched.append(options["objective"])
+        launched.append(options["loss_kwargs"]["objective"])
         run_dir = real_launch(desc, options, outdir, **kw)
         if len(launched) == 2:
             raise TrainingStopped(2, run_dir, None)

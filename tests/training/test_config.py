@@ -17,7 +17,7 @@ def test_setup_uses_the_table_defaults(tmp_path):
     data = make_zip(tmp_path / "d.zip", num=2)
     _, options = setup_training_options(data=data, resume=str(TINY_UNCOND), device="cpu")
     assert options.kimg_per_tick == 4.0 and options.image_snapshot_ticks == options.network_snapshot_ticks == 50
-    assert options.data_loader_kwargs == {"num_workers": 3} and options.objective == "rooted:8"
+    assert options.data_loader_kwargs == {"num_workers": 3} and options.loss_kwargs["objective"] == "rooted:8"
     assert options.ada_target == 0.6 and options.augment_kwargs == setup_training_options(
         data=data, resume=str(TINY_UNCOND), device="cpu", augpipe="bgc")[1].augment_kwargs
 
