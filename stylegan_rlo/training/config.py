@@ -298,12 +298,20 @@ def _augmentation(o: EasyDict) -> EasyDict:
 
 
 def _network_kwargs(o: EasyDict, start: StartingPoint) -> tuple[dict, dict]:
-    """The starting networks' G/D kwargs with --mbstd-group and --freezed applied."""
+    """The starting networks' G/D kwargs (fresh, or the resumed pickle's own) with --mbstd-group, --freezed, --fp32
+    and --nhwc applied. The last two change only precision and memory layout, never parameters, so they apply to
+    resumed networks too (as upstream, whose resumed networks are built from the run's kwargs)."""
     G_kwargs, D_kwargs = start.G_kwargs, start.D_kwargs
     if o.mbstd_group is not None:
         D_kwargs.setdefault("epilogue_kwargs", {})["mbstd_group_size"] = o.mbstd_group
     if o.freezed or "freeze_layers" in D_kwargs.get("block_kwargs", {}):
         D_kwargs.setdefault("block_kwargs", {})["freeze_layers"] = o.freezed
+    if o.fp32:  # no mixed precision: every block in float32, and no clamping of the convolution outputs
+        G_kwargs.setdefault("synthesis_kwargs", {}).update(num_fp16_res=0, conv_clamp=None)
+        D_kwargs.update(num_fp16_res=0, conv_clamp=None)
+    if o.nhwc:  # channels-last memory layout in the fp16 blocks
+        G_kwargs.setdefault("synthesis_kwargs", {})["fp16_channels_last"] = True
+        D_kwargs.setdefault("block_kwargs", {})["fp16_channels_last"] = True
     return G_kwargs, D_kwargs
 
 
@@ -351,6 +359,7 @@ def setup_training_options(*, exact_resume: bool = True, **values: Any) -> tuple
     args.update(num_gpus=o.gpus, device=str(parse_device(o.device, o.gpus)), random_seed=o.seed,
                 data_loader_kwargs=dict(num_workers=o.workers), kimg_per_tick=o.tick, image_snapshot_ticks=o.snap,
                 network_snapshot_ticks=o.snap, metrics=parse_metrics(o.metrics), metrics_num=o.metrics_num)
+    args.update(cudnn_benchmark=not o.nobench, allow_tf32=o.allow_tf32)  # CUDA back-end settings (no-ops on the CPU)
     if args.metrics_num is not None and not args.metrics:
         raise TrainingOptionsError("--metrics-num needs --metrics (e.g. --metrics fid50k_full)")
 

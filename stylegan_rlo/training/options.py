@@ -131,6 +131,16 @@ TRAINING_OPTIONS: tuple[Option, ...] = (
     Option("gpus", "int", "Number of local processes (GPUs; on CPU, gloo processes). Under torchrun: its world "
            "size.", default=1, low=1),
     Option("device", "str", f"Compute device: {DEVICE_HELP}.", default="auto", per_run=False),
+    # The official GPU switches: precision and memory layout of the networks, cuDNN/TF32 back-end settings. None
+    # changes a value on the CPU (always float32 and channels-last there; no cuDNN, no TF32).
+    Option("fp32", "bool", "Disable mixed precision: no fp16 layers and no conv clamping in G and D (harmless on "
+           "the CPU, which always computes in float32).", default=False),
+    Option("nhwc", "bool", "Channels-last memory layout in the fp16 layers of G and D (harmless on the CPU, which "
+           "always uses channels-last float32).", default=False),
+    Option("allow_tf32", "bool", "Allow TF32 in CUDA matrix products and cuDNN convolutions (Ampere and newer GPUs: "
+           "faster, less precise; ignored on the CPU).", default=False),
+    Option("nobench", "bool", "Disable the cuDNN benchmark (autotuning of convolution algorithms; ignored on the "
+           "CPU).", default=False),
     Option("kimg", "float", "Total training length in thousands of images.", derived=_FROM_CFG, low=0,
            low_open=True, per_run=False),
     Option("tick", "float", "kimg per tick (status line, stats).", default=4.0, low=0, low_open=True, per_run=False),

@@ -112,6 +112,48 @@ def test_dry_run_prints_options_and_writes_nothing(tmp_path):
     assert not (tmp_path / "runs").exists()
 
 
+def dry_run_options(result):
+    assert result.exit_code == 0, result.output
+    return json.JSONDecoder().raw_decode(result.output.split("Training options:\n", 1)[1])[0]
+
+
+def test_dry_run_records_the_gpu_switches(tmp_path):
+    data = make_zip(tmp_path / "dogs.zip", num=4)
+    base = ["--data", data, "--outdir", tmp_path / "runs", "--resume", TINY_UNCOND, "--dry-run", "--device", "cpu"]
+    default = dry_run_options(cli(*base))
+    assert default["cudnn_benchmark"] is True and default["allow_tf32"] is False
+    assert default["G_kwargs"]["synthesis_kwargs"]["num_fp16_res"] == 1  # the pickle's own
+    assert "fp16_channels_last" not in default["G_kwargs"]["synthesis_kwargs"]
+    for flags in (["--fp32", "--nhwc", "--allow-tf32", "--nobench"],
+                  ["--fp32=1", "--nhwc=true", "--allow-tf32=yes", "--nobench=1"]):
+        options = dry_run_options(cli(*base, *flags))
+        synthesis, D = options["G_kwargs"]["synthesis_kwargs"], options["D_kwargs"]
+        assert (synthesis["num_fp16_res"], synthesis["conv_clamp"], D["num_fp16_res"], D["conv_clamp"]) == \
+            (0, None, 0, None)
+        assert synthesis["fp16_channels_last"] is True and D["block_kwargs"]["fp16_channels_last"] is True
+        assert options["cudnn_benchmark"] is False and options["allow_tf32"] is True
+    assert dry_run_options(cli(*base, "--fp32=0", "--nobench=false")) == default
+    assert not (tmp_path / "runs").exists()
+
+
+def test_tiny_run_with_the_gpu_switches(tmp_path, one_thread, small_grids):
+    """Harmless on the CPU: the run trains and snapshots networks built with the switched kwargs."""
+    data = make_zip(tmp_path / "dogs.zip", num=4)
+    result = cli("--data", data, "--outdir", tmp_path / "runs", "--resume", TINY_UNCOND, "--kimg", 0.004, "--snap", 5,
+                 "--fp32", "--nhwc", "--nobench", "--allow-tf32", *FAST)
+    assert result.exit_code == 0, result.output
+    run_dir = only_run_dir(tmp_path / "runs")
+    with open(os.path.join(run_dir, "training_options.json"), encoding="utf-8") as f:
+        options = json.load(f)
+    assert options["cudnn_benchmark"] is False and options["allow_tf32"] is True
+    snap = load_network_pkl(os.path.join(run_dir, "network-snapshot-000000.pkl"))
+    for name in ("G", "G_ema"):
+        kwargs = snap[name].init_kwargs["synthesis_kwargs"]
+        assert (kwargs["num_fp16_res"], kwargs["fp16_channels_last"]) == (0, True)
+    assert snap["D"].init_kwargs["num_fp16_res"] == 0 and snap["D"].init_kwargs["block_kwargs"]["fp16_channels_last"]
+    assert snap["progress"]["cur_nimg"] == 4
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Errors: one clean line `Error: ...` and exit status 2, for bad options and inputs, also for data found bad later.
 
