@@ -4,6 +4,7 @@ Specification: docs/architecture-ops.md, section 3. Three implementations of the
 - `_bias_act_ref`: plain PyTorch ops and autograd (impl='ref', and whatever the others do not cover);
 - `_BiasActCuda`: the compiled `bias_act_plugin` (impl='cuda', CUDA tensors, when it builds);
 - `_BiasActTorch`: linear/relu/lrelu fused in one buffer, for impl='cuda' without the plugin (e.g. CPU).
+The plugin is self-checked against `_bias_act_ref` on first use per device (self_check.py; cases at the end).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from .. import misc
+from . import self_check
 
 
 class ActivationSpec(NamedTuple):
@@ -49,6 +51,7 @@ activation_funcs = {row[0]: ActivationSpec(*row[1:]) for row in _ACTIVATIONS}
 _plugin = None
 _plugin_checked = False
 _null_tensor = torch.empty([0])  # the plugin's "absent" argument
+_PLUGIN_DEVICE_TYPE = "cuda"  # the device type the plugin serves (the self-check tests put a CPU stand-in there)
 
 
 def _init() -> bool:
@@ -60,6 +63,11 @@ def _init() -> bool:
     from .. import custom_ops  # lazy: the build machinery matters only for CUDA tensors
     _plugin = custom_ops.get_op_plugin("bias_act", os.path.dirname(__file__))
     return _plugin is not None
+
+
+def _use_plugin(x: torch.Tensor) -> bool:
+    """Whether the plugin serves `x`: on a CUDA device, built or loaded, and past its self-check on that device."""
+    return x.device.type == _PLUGIN_DEVICE_TYPE and _init() and self_check.plugin_usable("bias_act", _plugin, x.device)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -108,7 +116,7 @@ def bias_act(x: torch.Tensor, b: torch.Tensor | None = None, dim: int = 1, act: 
     assert impl in ("ref", "cuda"), f"impl must be 'ref' or 'cuda', got {impl!r}"
     if impl == "cuda":
         cfg = (dim, act, *_settings(act, alpha, gain, clamp))
-        if x.device.type == "cuda" and _init():
+        if _use_plugin(x):
             return _BiasActCuda.apply(x, b, cfg)
         if _fusable(*cfg[1:]):
             _check_bias(x, b, dim)
@@ -212,11 +220,19 @@ def _or_null(t: torch.Tensor | None) -> torch.Tensor:
     return _null_tensor if t is None else t
 
 
-def _kernel(mode: int, x, b, xref, yref, dy, cfg) -> torch.Tensor:
+def _kernel(plugin, mode: int, x, b, xref, yref, dy, cfg) -> torch.Tensor:
     """One plugin call; None tensors are passed as absent."""
     dim, act, alpha, gain, clamp = cfg
-    return _plugin.bias_act(x, _or_null(b), _or_null(xref), _or_null(yref), _or_null(dy), mode, dim,
-                            activation_funcs[act].cuda_idx, alpha, gain, clamp)
+    return plugin.bias_act(x, _or_null(b), _or_null(xref), _or_null(yref), _or_null(dy), mode, dim,
+                           activation_funcs[act].cuda_idx, alpha, gain, clamp)
+
+
+def _kept_refs(act: str, clamp: float) -> tuple[bool, bool]:
+    """(keep x and b, keep the forward output) for the backward: what the derivative and the clamp mask read.
+    The clamp mask reads the output; keeping it for a clamped 'linear' too makes the gradient stop at the clamp
+    as in the reference."""
+    spec = activation_funcs[act]
+    return spec.ref == "x" or spec.has_2nd_grad, spec.ref == "y" or (act == "linear" and clamp >= 0)
 
 
 class _BiasActCuda(torch.autograd.Function):
@@ -225,16 +241,12 @@ class _BiasActCuda(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, b, cfg):  # pylint: disable=arguments-differ
         _dim, act, _alpha, gain, clamp = cfg
-        spec = activation_funcs[act]
         ctx.layout = _layout(x)
         x = x.contiguous(memory_format=ctx.layout)
         b = None if b is None else b.contiguous()
         identity = act == "linear" and gain == 1 and clamp < 0 and b is None
-        out = x if identity else _kernel(0, x, b, None, None, None, cfg)
-        needs_x = spec.ref == "x" or spec.has_2nd_grad
-        # The kernel's clamp mask reads the output; keeping it for a clamped 'linear' too makes the gradient
-        # stop at the clamp as in the reference.
-        needs_y = spec.ref == "y" or (act == "linear" and clamp >= 0)
+        out = x if identity else _kernel(_plugin, 0, x, b, None, None, None, cfg)
+        needs_x, needs_y = _kept_refs(act, clamp)
         ctx.save_for_backward(x if needs_x else _null_tensor, b if needs_x and b is not None else _null_tensor,
                               out if needs_y else _null_tensor)
         ctx.cfg = cfg
@@ -261,7 +273,7 @@ class _BiasActCudaGrad(torch.autograd.Function):
     @staticmethod
     def forward(ctx, grad, x, b, out, cfg):  # pylint: disable=arguments-differ
         ctx.layout = _layout(grad)
-        result = _kernel(1, grad, b, x, out, None, cfg)
+        result = _kernel(_plugin, 1, grad, b, x, out, None, cfg)
         second = activation_funcs[cfg[1]].has_2nd_grad
         ctx.save_for_backward(grad if second else _null_tensor, x, b, out)
         ctx.cfg = cfg
@@ -276,6 +288,51 @@ class _BiasActCudaGrad(torch.autograd.Function):
         if want_grad:  # linear in grad: the same map again
             result[0] = _BiasActCudaGrad.apply(grad2, x, b, out, ctx.cfg)
         if activation_funcs[ctx.cfg[1]].has_2nd_grad and (want_x or want_b):
-            result[1] = _kernel(2, grad2, b, x, out, grad, ctx.cfg)
+            result[1] = _kernel(_plugin, 2, grad2, b, x, out, grad, ctx.cfg)
             result[2] = _sum_except(result[1], ctx.cfg[0]) if want_b else None
         return tuple(result)
+
+
+# ---------------------------------------------------------------------------------------------
+# Self-check cases (self_check.py): the plugin's three modes, given what _BiasActCuda gives them, against the
+# reference path in float64 (autograd) on the same rounded inputs. Every activation with its default gain and no
+# clamp, and with gain 1.5 and clamp 1 (which cuts); float32 contiguous and float16 channels_last.
+
+_CHECK_SETTINGS = ((None, None), (1.5, 1.0))  # (gain, clamp); None: the activation's default gain, no clamp
+
+
+def _check_reference(x, b, dy, d_dx, dim, act, alpha, gain, clamp):
+    """Float64 output, first-order term (dy -> dx) and, for activations with one, the second-order term."""
+    xr = x.double().requires_grad_(True)
+    y = _bias_act_ref(xr, b.double(), dim, act, alpha, gain, None if clamp < 0 else clamp)
+    second = activation_funcs[act].has_2nd_grad
+    (dx,) = torch.autograd.grad(y, xr, dy.double(), create_graph=second)
+    d_x = torch.autograd.grad(dx, xr, d_dx.double())[0] if second else None
+    return y.detach(), dx.detach(), d_x
+
+
+def _self_check_cases(plugin, device: torch.device):
+    gen = torch.Generator().manual_seed(0)
+    for dtype, layout in self_check.DTYPES:
+        for act, spec in activation_funcs.items():
+            for gain, clamp in _CHECK_SETTINGS:
+                cfg = (1, act, *_settings(act, None, gain, clamp))
+                x, dy, d_dx = (torch.randn([3, 8, 4, 5], generator=gen, dtype=torch.float64).mul(scale).to(
+                    device, dtype).contiguous(memory_format=layout) for scale in (2, 1, 1))
+                b = torch.randn([8], generator=gen, dtype=torch.float64).to(device, dtype)
+                y_ref, dx_ref, d_x_ref = _check_reference(x, b, dy, d_dx, *cfg)
+                # Where the output sits within 1% of +-clamp, rounding may flip the gradient mask.
+                keep = None if cfg[4] < 0 else (y_ref.abs() - cfg[4]).abs() > 0.01 * cfg[4]
+                what = f"{act} gain={cfg[3]:.4g} clamp={clamp}, {dtype} {layout}"
+                y = _kernel(plugin, 0, x, b, None, None, None, cfg)
+                yield f"{what}: forward (mode 0)", y, y_ref, None
+                needs_x, needs_y = _kept_refs(act, cfg[4])
+                xref, bref, yref = (x if needs_x else None), (b if needs_x else None), (y if needs_y else None)
+                yield (f"{what}: first-order gradient (mode 1)", _kernel(plugin, 1, dy, bref, xref, yref, None, cfg),
+                       dx_ref, keep)
+                if spec.has_2nd_grad:
+                    yield (f"{what}: second-order gradient (mode 2)",
+                           _kernel(plugin, 2, d_dx, bref, xref, yref, dy, cfg), d_x_ref, keep)
+
+
+self_check.register("bias_act", _self_check_cases)

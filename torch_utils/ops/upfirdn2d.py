@@ -2,7 +2,8 @@
 
 Specification: docs/architecture-ops.md, section 1. On CPU (and with impl='ref') the op is a depthwise
 (transposed) convolution through conv2d_gradfix; CUDA tensors use the compiled `upfirdn2d_plugin` when it
-builds (torch_utils.custom_ops), with an adjoint-based backward.
+builds (torch_utils.custom_ops), with an adjoint-based backward. The plugin is self-checked against the
+PyTorch path on first use per device (self_check.py; cases at the end).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from .. import misc
-from . import conv2d_gradfix
+from . import conv2d_gradfix, self_check
 
 IntPair = int | Sequence[int]
 
@@ -24,6 +25,7 @@ IntPair = int | Sequence[int]
 
 _plugin = None
 _plugin_checked = False
+_PLUGIN_DEVICE_TYPE = "cuda"  # the device type the plugin serves (the self-check tests put a CPU stand-in there)
 
 
 def _init() -> bool:
@@ -38,9 +40,11 @@ def _init() -> bool:
 
 
 def _use_plugin(x: torch.Tensor, impl: str) -> bool:
-    """Validate `impl`; the plugin serves impl='cuda' on CUDA tensors when it is available."""
+    """Validate `impl`; the plugin serves impl='cuda' on CUDA tensors when it is available and has passed its
+    self-check on that device."""
     assert impl in ("ref", "cuda"), f"impl must be 'ref' or 'cuda', got {impl!r}"
-    return impl == "cuda" and x.device.type == "cuda" and _init()
+    return (impl == "cuda" and x.device.type == _PLUGIN_DEVICE_TYPE and _init()
+            and self_check.plugin_usable("upfirdn2d", _plugin, x.device))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -207,14 +211,28 @@ def _cuda_config(up: IntPair, down: IntPair, padding: int | Sequence[int], flip_
     return (*_xy(up), *_xy(down), *_pad4(padding), bool(flip_filter), float(gain))
 
 
-def _plugin_call(x: torch.Tensor, f: torch.Tensor, cfg: tuple) -> torch.Tensor:
+def _plugin_call(plugin, x: torch.Tensor, f: torch.Tensor, cfg: tuple) -> torch.Tensor:
     """One 2D plugin call, or a width pass and a height pass (each with sqrt(gain)) for separable taps."""
     if f.ndim == 2:
-        return _plugin.upfirdn2d(x, f, *cfg)
+        return plugin.upfirdn2d(x, f, *cfg)
     ux, uy, dx, dy, px0, px1, py0, py1, flip, gain = cfg
     half = math.sqrt(gain)
-    x = _plugin.upfirdn2d(x, f.unsqueeze(0), ux, 1, dx, 1, px0, px1, 0, 0, flip, half)
-    return _plugin.upfirdn2d(x, f.unsqueeze(1), 1, uy, 1, dy, 0, 0, py0, py1, flip, half)
+    x = plugin.upfirdn2d(x, f.unsqueeze(0), ux, 1, dx, 1, px0, px1, 0, 0, flip, half)
+    return plugin.upfirdn2d(x, f.unsqueeze(1), 1, uy, 1, dy, 0, 0, py0, py1, flip, half)
+
+
+def _adjoint_config(cfg: tuple, f: torch.Tensor, in_size: tuple[int, int], out_size: tuple[int, int]) -> tuple:
+    """The config of the gradient pass of `cfg` for an input of `in_size` and an output of `out_size` (each
+    (width, height)): up and down swapped, the filter flipped, and per axis the upsampled-by-down gradient padded
+    so that its length is (n_in - 1) * up + taps."""
+    ux, uy, dx, dy, px0, px1, py0, py1, flip, gain = cfg
+    fw, fh = _filter_size(f)
+    pad = []
+    for n_in, n_out, u, d, p0, taps in ((in_size[0], out_size[0], ux, dx, px0, fw),
+                                        (in_size[1], out_size[1], uy, dy, py0, fh)):
+        before = taps - 1 - p0
+        pad += [before, (n_in - 1) * u + taps - n_out * d - before]
+    return (dx, dy, ux, uy, *pad, not flip, gain)
 
 
 class _Upfirdn2dCuda(torch.autograd.Function):
@@ -229,7 +247,7 @@ class _Upfirdn2dCuda(torch.autograd.Function):
         ctx.save_for_backward(f)
         ctx.in_size = (int(x.shape[3]), int(x.shape[2]))
         ctx.cfg = cfg
-        return _plugin_call(x, f, cfg)
+        return _plugin_call(_plugin, x, f, cfg)
 
     @staticmethod
     def backward(ctx, grad):  # pylint: disable=arguments-differ
@@ -237,15 +255,7 @@ class _Upfirdn2dCuda(torch.autograd.Function):
         assert not ctx.needs_input_grad[1], "upfirdn2d: gradients w.r.t. the filter are not supported"
         if not ctx.needs_input_grad[0]:
             return None, None, None
-        ux, uy, dx, dy, px0, px1, py0, py1, flip, gain = ctx.cfg
-        fw, fh = _filter_size(f)
-        pad = []
-        # Per axis: the upsampled-by-down gradient, padded so that its length is (n_in - 1) * up + taps.
-        for n_in, n_out, u, d, p0, taps in ((ctx.in_size[0], grad.shape[3], ux, dx, px0, fw),
-                                            (ctx.in_size[1], grad.shape[2], uy, dy, py0, fh)):
-            before = taps - 1 - p0
-            pad += [before, (n_in - 1) * u + taps - n_out * d - before]
-        adjoint = (dx, dy, ux, uy, *pad, not flip, gain)
+        adjoint = _adjoint_config(ctx.cfg, f, ctx.in_size, (int(grad.shape[3]), int(grad.shape[2])))
         return _Upfirdn2dCuda.apply(grad, f, adjoint), None, None
 
 
@@ -272,3 +282,41 @@ def downsample2d(x: torch.Tensor, f: torch.Tensor | None, down: IntPair = 2, pad
     """Downsample to exactly 1/down of the size; `padding` is relative to the input."""
     pad = _aligned_padding(padding, f, _down_alignment, down)
     return upfirdn2d(x, f, down=down, padding=pad, flip_filter=flip_filter, gain=gain, impl=impl)
+
+
+# ---------------------------------------------------------------------------------------------
+# Self-check cases (self_check.py): the plugin calls of each configuration StyleGAN2 and the ADA pipeline use,
+# forward and in the gradient's (adjoint) configuration, against the PyTorch path in float64 on the same rounded
+# inputs. The op is linear: its gradient is the adjoint call, and its second-order gradient is that call again.
+# Random positive taps (not symmetric, so that a flipped filter shows).
+
+_CHECK_CASES = (  # (what uses it, taps, up, down, padding, flip_filter, gain, input size)
+    ("upsample2d 4 taps (skip architecture)", 4, 2, 1, (2, 1, 2, 1), False, 4, 8),
+    ("downsample2d 4 taps (D, resnet shortcut)", 4, 1, 2, (1, 1, 1, 1), False, 1, 8),
+    ("filter after a transposed 3x3 conv (up=2 layers)", 4, 1, 1, (1, 1, 1, 1), False, 4, 8),
+    ("filter before a strided 3x3 conv (down=2 layers)", 4, 1, 1, (2, 2, 2, 2), False, 1, 8),
+    ("ADA upsample2d, 12 separable taps", 12, 2, 1, (6, 5, 6, 5), False, 4, 8),
+    ("ADA downsample2d, 12 separable taps, flipped, cropping", 12, 1, 2, (-3, -3, -3, -3), True, 1, 20),
+)
+
+
+def _self_check_cases(plugin, device: torch.device):
+    gen = torch.Generator().manual_seed(0)
+    for dtype, layout in self_check.DTYPES:
+        for use, taps, up, down, padding, flip, gain, size in _CHECK_CASES:
+            f = setup_filter(torch.rand([taps], generator=gen) + 0.5, device=device)
+            x = torch.randn([2, 3, size, size], generator=gen, dtype=torch.float64).to(device, dtype).contiguous(
+                memory_format=layout)
+            xr = x.double().requires_grad_(True)
+            y_ref = _upfirdn2d_ref(xr, f, up=up, down=down, padding=padding, flip_filter=flip, gain=gain)
+            dy = torch.randn(y_ref.shape, generator=gen, dtype=torch.float64).to(device, dtype).contiguous(
+                memory_format=layout)
+            (dx_ref,) = torch.autograd.grad(y_ref, xr, dy.double())
+            cfg = _cuda_config(up, down, padding, flip, gain)
+            what = f"{use}, {dtype} {layout}"
+            yield f"{what}: forward", _plugin_call(plugin, x, f, cfg), y_ref.detach(), None
+            adjoint = _adjoint_config(cfg, f, (size, size), (int(y_ref.shape[3]), int(y_ref.shape[2])))
+            yield f"{what}: gradient", _plugin_call(plugin, dy, f, adjoint), dx_ref, None
+
+
+self_check.register("upfirdn2d", _self_check_cases)
