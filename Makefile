@@ -8,7 +8,7 @@ INCEPTION := .cache/inception/inception-2015-12-05-fid-helper-torch-fidelity.pth
 BENCH := $(PY) scripts/bench.py --res 32 --cbase 2048 --cmax 128 --batch 8 --map 2 --iters 16 --warmup 2 \
 	--device cpu --threads 2
 
-.PHONY: setup test test-slow lint demo bench clean
+.PHONY: setup test test-slow lint demo bench gpu-check clean
 
 setup: $(STAMP) $(INCEPTION)
 
@@ -39,6 +39,12 @@ demo: setup
 bench: setup
 	$(BENCH) --loss logistic
 	$(BENCH) --loss rooted --k 8
+
+# On a GPU machine: the whole GPU check in at most 8 minutes, gpu-report.md/.json in the current folder (docs/gpu.md);
+# without a GPU one line and exit 0. Options: make gpu-check GPU_CHECK_ARGS="--quick --outdir DIR --skip STEP,...".
+GPU_CHECK_ARGS ?=
+gpu-check: $(STAMP)
+	$(PY) scripts/gpu_check.py $(GPU_CHECK_ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info demo-out .cache

@@ -3,7 +3,8 @@ built by the training set-up's own functions) on synthetic data.
 
 Workload per iteration: Gmain; Greg every 4th (pl batch shrink 2); Dmain; Dreg every 16th; Adam steps; G_ema
 update. z_dim = w_dim = 512, no labels, ADA 'bgc' pipe with p fixed at 0.2, style mixing 0.9, r1_gamma 1,
-fp16 only on CUDA. Warm-up iterations use indices 0.., then the timed iterations again start at index 0.
+fp16 only on CUDA (fp32=True: none, and no conv clamping, as --fp32). Warm-up iterations use indices 0.., then the
+timed iterations again start at index 0. On CUDA the result has the peak GPU memory allocated (warm-up included).
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ def _sync(device: torch.device) -> None:
 
 def run_bench(res: int = 32, cbase: int = 2048, cmax: int = 128, batch: int = 8, map_depth: int = 2,
               iters: int = 16, warmup: int = 2, device: torch.device | str = "cpu", threads: int | None = None,
-              objective: Objective | str = "logistic", seed: int = 0) -> dict:
+              objective: Objective | str = "logistic", seed: int = 0, fp32: bool = False) -> dict:
     """Build the benchmark networks, run warm-up + timed iterations; returns timings and the configuration."""
     if threads is not None:
         torch.set_num_threads(threads)
@@ -37,11 +38,15 @@ def run_bench(res: int = 32, cbase: int = 2048, cmax: int = 128, batch: int = 8,
     torch.manual_seed(seed)
     if dev.type == "cuda":
         torch.backends.cudnn.benchmark = True
+        torch.cuda.reset_peak_memory_stats(dev)
     conv2d_gradfix.enabled = True
     grid_sample_gradfix.enabled = True
 
     # The training set-up's own builders: fresh networks as --cfg auto makes them, with these sizes.
     G_kwargs, D_kwargs = fresh_networks(cfg_spec("auto", res, 1), "auto", res, 3, 0, cbase, cmax, map_depth)
+    if fp32:  # as the training option --fp32: every block in float32, no clamping of the convolution outputs
+        G_kwargs["synthesis_kwargs"].update(num_fp16_res=0, conv_clamp=None)
+        D_kwargs.update(num_fp16_res=0, conv_clamp=None)
     G, D, G_ema = build_networks(G_kwargs, D_kwargs, dev)
     augment_pipe = build_augment_pipe(AUGPIPE_SPECS["bgc"], 0.2, dev)
     stats = StatsAccumulator()
@@ -71,6 +76,8 @@ def run_bench(res: int = 32, cbase: int = 2048, cmax: int = 128, batch: int = 8,
     _sync(dev)
     elapsed = time.perf_counter() - start
     images = iters * batch
+    peak = torch.cuda.max_memory_allocated(dev) / 2 ** 30 if dev.type == "cuda" else None
     return dict(sec_per_kimg=elapsed / images * 1000, img_per_sec=images / elapsed, loss=objective.name,
                 k=objective.k, res=res, cbase=cbase, cmax=cmax, batch=batch, map=map_depth, iters=iters,
-                warmup=warmup, device=str(dev), threads=torch.get_num_threads(), total_sec=elapsed)
+                warmup=warmup, device=str(dev), threads=torch.get_num_threads(), total_sec=elapsed, fp32=fp32,
+                peak_mem_gib=peak)
