@@ -52,7 +52,7 @@ REPORT_JSON = "gpu-report.json"
 REPORT_MD = "gpu-report.md"
 REPO = os.path.dirname(PACKAGE_DIR)  # the checkout (its tests/ are there) or site-packages
 
-DEADLINE_S = {"full": 470.0, "quick": 225.0}  # the whole check: under 8 minutes, --quick under 4
+DEADLINE_S = {"full": 470.0, "quick": 330.0}  # the whole check: under 8 minutes, --quick under 6
 MIN_STEP_S = 10.0  # a step with less time than this left is skipped ("out of time")
 
 # The paper256 capacity at 256x256 (--cfg paper256: cbase 16384, cmax 512, 8 mapping layers).
@@ -266,10 +266,12 @@ def op_tests(paths: tuple[str, ...] | list[str] = OP_TEST_FILES, cwd: str = REPO
                 counts=counts, summary=tail, failures=failures[:20], skips=skips[:20], seconds=round(seconds, 1))
     if proc.returncode != 0:
         data["error"] = f"pytest exit status {proc.returncode}: {tail}"
+        data["assertions"] = [line for line in out.splitlines() if line.startswith("E ")][:40]  # why each failed
         if not counts:
             data["output_tail"] = out[-3000:]
     lines = [f"`pytest -m '' {' '.join(paths)}`: {tail or 'no summary line'} (exit status {proc.returncode})"]
     lines += [f"  - {line}" for line in failures[:10]] + [f"  - {line}" for line in skips[:5]]
+    lines += [f"    {line}" for line in data.get("assertions", [])[:20]]
     return data, lines
 
 
@@ -547,24 +549,29 @@ class Step:
 
 
 _SPEED = dict(PAPER256)
+# Budgets (full, --quick) in seconds, from the first run on an H200 (docs/gpu/): env 7, plugin builds 62, op tests 34,
+# the fp16 run 35 before its gradient comparison, exact resume at 64x64 33, kernel speed (8 iterations) 34; the
+# PyTorch-path and fp32 speed steps overran 45 and 50 s there, so theirs are estimates. The full budgets add up to
+# about the 8-minute deadline; later steps are cut to the time that is left.
 STEPS: tuple[Step, ...] = (
-    Step("env", "Machine and versions", 30, 30, env_info, {}, {}),
-    Step("plugins", "CUDA plugin build and self-check", 150, 120, plugins, {}, {}),
-    Step("op_tests", "CUDA op tests (tests/upstream_api/test_custom_ops.py, -m '')", 150, 100, op_tests, {}, {}),
-    Step("fp16_training", "fp16 fine-tuning at 256x256 (paper256) and fp16 vs fp32 gradients", 90, 50,
+    Step("env", "Machine and versions", 20, 20, env_info, {}, {}),
+    Step("plugins", "CUDA plugin build and self-check", 100, 100, plugins, {}, {}),
+    Step("op_tests", "CUDA op tests (tests/upstream_api/test_custom_ops.py, -m '')", 60, 60, op_tests, {}, {}),
+    Step("fp16_training", "fp16 fine-tuning at 256x256 (paper256) and fp16 vs fp32 gradients", 90, 80,
          fp16_training, dict(res=256, batch=32, iters=8, grad_batch=8), dict(res=256, batch=16, iters=4, grad_batch=4)),
-    Step("exact_resume", "Exact resume on CUDA", 90, 50, exact_resume, dict(res=256, batch=8, iters=6),
+    # 64x64 in both modes: the resume machinery does not depend on the resolution, and 256x256 costs a minute more.
+    Step("exact_resume", "Exact resume on CUDA", 45, 45, exact_resume, dict(res=64, batch=8, iters=6),
          dict(res=64, batch=8, iters=6)),
-    Step("speed_kernels", "Speed: mixed precision with the CUDA kernels", 75, 40, speed,
-         dict(_SPEED, variant="kernels", batch=64, iters=32, warmup=4),
+    Step("speed_kernels", "Speed: mixed precision with the CUDA kernels", 45, 40, speed,
+         dict(_SPEED, variant="kernels", batch=64, iters=16, warmup=4),
          dict(_SPEED, variant="kernels", batch=64, iters=8, warmup=2)),
-    Step("speed_pytorch", "Speed: mixed precision on the PyTorch path", 90, 45, speed,
-         dict(_SPEED, variant="pytorch", batch=64, iters=32, warmup=4),
-         dict(_SPEED, variant="pytorch", batch=64, iters=8, warmup=2), env={custom_ops.ENV_SWITCH: "0"}),
-    Step("speed_fp32", "Speed: fp32 (--fp32)", 120, 50, speed,
-         dict(_SPEED, variant="fp32", batch=64, iters=32, warmup=4),
-         dict(_SPEED, variant="fp32", batch=64, iters=8, warmup=2)),
-    Step("inception", "Inception throughput", 40, 25, inception, dict(batch=64, rounds=5), dict(batch=64, rounds=3)),
+    Step("speed_pytorch", "Speed: mixed precision on the PyTorch path", 60, 50, speed,
+         dict(_SPEED, variant="pytorch", batch=64, iters=16, warmup=4),
+         dict(_SPEED, variant="pytorch", batch=32, iters=4, warmup=2), env={custom_ops.ENV_SWITCH: "0"}),
+    Step("speed_fp32", "Speed: fp32 (--fp32)", 60, 50, speed,
+         dict(_SPEED, variant="fp32", batch=64, iters=16, warmup=4),
+         dict(_SPEED, variant="fp32", batch=32, iters=4, warmup=2)),
+    Step("inception", "Inception throughput", 25, 20, inception, dict(batch=64, rounds=5), dict(batch=64, rounds=3)),
 )
 STEP_NAMES = tuple(step.name for step in STEPS)
 STEPS_BY_NAME = {step.name: step for step in STEPS}

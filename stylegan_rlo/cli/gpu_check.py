@@ -15,7 +15,7 @@ STEP_NAMES = ("env", "plugins", "op_tests", "fp16_training", "exact_resume", "sp
 @command()
 @click.option("--outdir", type=click.Path(file_okay=False), default=".", show_default=True,
               help="Folder of gpu-report.md and gpu-report.json.")
-@click.option("--quick", is_flag=True, help="Smaller runs and fewer iterations: about 4 minutes instead of 8.")
+@click.option("--quick", is_flag=True, help="Smaller runs and fewer iterations: about 5.5 minutes instead of 8.")
 @click.option("--skip", metavar="STEP,...", help=f"Steps to leave out, of: {', '.join(STEP_NAMES)}.")
 def main(outdir: str, quick: bool, skip: str | None) -> None:
     """Check this machine's GPU: versions, plugin build and self-check, the CUDA op tests, fp16 fine-tuning at

@@ -555,6 +555,12 @@ def test_cuda_plugins_compile_and_import(name):
 GPU_DTYPES = [(torch.float32, 1e-5), (torch.float16, 1e-2), (torch.float64, 1e-9)]
 
 
+def _fast_math_tol(act, dtype, tol):
+    """The plugins build with --use_fast_math (as upstream): its float32 tanhf puts tanh's second-order gradient about
+    3e-5 off float64 (measured on an H200, docs/gpu/), so tanh in float32 is held to the self-check's 1e-4."""
+    return max(tol, 1e-4) if act == "tanh" and dtype == torch.float32 else tol
+
+
 def _gpu_plugin(name):
     plugin = _get_plugin(name)
     assert plugin is not None, f"{name} did not build on this GPU machine (see the warning above)"
@@ -615,6 +621,7 @@ def test_gpu_upfirdn2d_stylegan_shapes_match_reference(dtype, tol, res):
 @pytest.mark.parametrize("act", list(REF_ACTS))
 def test_gpu_bias_act_kernel_matches_reference(dtype, tol, act):
     plugin = _gpu_plugin("bias_act_plugin")
+    tol = _fast_math_tol(act, dtype, tol)
     rng = np.random.default_rng(7)
     empty = torch.empty([0])
     for channels_last, clamp in [(False, -1.0), (True, 1.5)]:
@@ -669,4 +676,5 @@ def test_gpu_ops_match_pytorch_path_with_gradients(monkeypatch, dtype, tol):
         clamped = name.startswith("bias_act")
         near = _near_clamp(results[1][0].detach().double().cpu().numpy(), 2.0) if clamped else None
         for got, want in zip(results[0], results[1]):
-            _close(got, want.detach().double().cpu().numpy(), tol, near)
+            _close(got, want.detach().double().cpu().numpy(), _fast_math_tol(name.removeprefix("bias_act_"), dtype, tol),
+                   near)
