@@ -16,7 +16,7 @@ setup: $(STAMP) $(INCEPTION)
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[test,logreg]'
+	$(PY) -m pip install -q -e '.[test,logreg,tensorboard]'
 	touch $(STAMP)
 
 $(INCEPTION): $(STAMP)
