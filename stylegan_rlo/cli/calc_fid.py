@@ -39,7 +39,7 @@ def run_dir_of(network: str) -> str | None:
 @click.option("--data", required=True, metavar="PATH", help="Dataset (.zip or folder): the real images.")
 @click.option("--ref", metavar="PATH", help="Second dataset instead of --network: FID/KID of --data against it.")
 @click.option("--metrics", "metric_names", default="fid50k_full", show_default=True, callback=_parse_metrics,
-              metavar="LIST", help="Comma-separated: fid50k_full, kid50k_full (or fid, kid).")
+              metavar="LIST", help="Comma-separated: fid50k_full, kid50k_full (or fid, kid), pr50k3_inception.")
 @click.option("--num", type=click.IntRange(min=2), metavar="N", help="Generated images [default: 50000].")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of latents, labels, noise and KID subsets.")
 @click.option("--mirror", is_flag=True, help="Add x-flipped copies of the dataset images (as training with --mirror).")

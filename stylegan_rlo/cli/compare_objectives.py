@@ -32,7 +32,7 @@ PER_RUN_OPTIONS = [option.name for option in TRAINING_OPTIONS if option.per_run]
 @click.option("--snap-kimg", type=float, metavar="FLOAT", help="kimg between snapshots / evaluations "
               "[default: kimg / 4].")
 @click.option("--metrics", default="fid50k_full,kid50k_full", show_default=True, metavar="LIST",
-              help="Metrics at every snapshot (fid50k_full, kid50k_full).")
+              help="Metrics at every snapshot (fid50k_full, kid50k_full, pr50k3_inception).")
 @click.option("--metrics-num", type=int, metavar="INT", help="Generated images per evaluation [default: 50000].")
 @click.option("--metric-seed", type=int, default=0, show_default=True, help="Seed of the metric latents (the same "
               "for every run and snapshot).")

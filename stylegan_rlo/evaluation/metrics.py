@@ -1,12 +1,15 @@
-"""FID and KID of a generator (or of one dataset against another), with torch-fidelity's feature extractor and
-formulas.
+"""FID, KID and precision/recall of a generator (or of one dataset against another), with torch-fidelity's feature
+extractor and formulas.
 
 Metric names and records follow the official StyleGAN2-ADA metrics: `fid50k_full` / `kid50k_full` compare 50k
 generated images (or `num_gen`) with the full dataset, and every result is one JSON object per line in
-`metric-<name>.jsonl`. Dataset features and FID statistics are cached under a key made of the image content, the
-sha256 of the Inception weights file and the mirror flag, in $DNNLIB_CACHE_DIR/stylegan_rlo-metrics (default
-~/.cache/dnnlib/...), by evaluation.metrics_cache: torch-fidelity's own cache, which unpickles whatever it finds,
-is never used.
+`metric-<name>.jsonl`. `pr50k3_inception` is the k-NN precision and recall (Kynkaanniemi et al. 2019, k=3) on the
+same Inception pool features; its record holds two results, `pr50k3_inception_precision` and
+`pr50k3_inception_recall` (as the official `pr50k3_full`, which uses VGG16 features and is not offered).
+
+Dataset features and FID statistics are cached under a key made of the image content, the sha256 of the Inception
+weights file and the mirror flag, in $DNNLIB_CACHE_DIR/stylegan_rlo-metrics (default ~/.cache/dnnlib/...), by
+evaluation.metrics_cache: torch-fidelity's own cache, which unpickles whatever it finds, is never used.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ import torch_fidelity
 from torch_fidelity.defaults import DEFAULTS as FIDELITY_DEFAULTS
 from torch_fidelity.metric_fid import fid_features_to_statistics, fid_statistics_to_metric
 from torch_fidelity.metric_kid import kid_features_to_metric
+from torch_fidelity.metric_prc import KEY_METRIC_PRECISION, KEY_METRIC_RECALL, prc_features_to_metric
 from torch_fidelity.utils import get_featuresdict_from_dataset
 
 from dnnlib.util import make_cache_dir_path
@@ -42,15 +46,20 @@ from stylegan_rlo.images import to_uint8
 
 
 class _Spec(NamedTuple):
-    num_gen: int     # generated images by default
+    num_gen: int                       # generated images by default
+    results: tuple[str, ...] = ()      # the keys of the record's results; () means the metric name alone
 
 
+PR_METRIC = "pr50k3_inception"
 METRIC_SPECS = {
     "fid50k_full": _Spec(50000),
     "kid50k_full": _Spec(50000),
+    PR_METRIC: _Spec(50000, (f"{PR_METRIC}_precision", f"{PR_METRIC}_recall")),
 }
 METRIC_NAMES = tuple(METRIC_SPECS)
 METRIC_ALIASES = {"fid": "fid50k_full", "kid": "kid50k_full"}
+PR_NEIGHBORHOOD = 3         # k of the k-NN manifolds, as the official pr50k3_full
+PR_BATCH = 10000            # rows per block of pairwise distances, as the official pr50k3_full
 KID_NUM_SUBSETS = 100       # as the official kid50k_full
 KID_MAX_SUBSET_SIZE = 1000  # as the official kid50k_full; smaller when fewer images exist
 CACHE_FORMAT = 1            # bump when the cached content changes meaning
@@ -74,12 +83,38 @@ def validate_metric_names(names: Sequence[str]) -> list[str]:
         if re.fullmatch(r"is(\d+k)?(_full)?|isc|inception_score", name):
             raise MetricError(f"{raw!r}: Inception Score is not offered (the offline Inception weights have no "
                               f"1008-way classifier); available: {', '.join(METRIC_NAMES)}")
+        if re.fullmatch(r"pr\d+k\d+(_full)?", name):
+            raise MetricError(f"{raw!r}: the official precision/recall measures VGG16 features and needs the VGG16 "
+                              f"weights file (torchvision's ImageNet vgg16-397923af.pth, which torch-fidelity "
+                              f"loads); that feature network is not supported yet. Precision and recall (k=3) on the "
+                              f"Inception pool features that FID uses are offered as {PR_METRIC}")
         if name not in METRIC_SPECS:
             raise MetricError(f"unknown metric {raw!r}; available: {', '.join(METRIC_NAMES)} "
                               f"(or the shorthands {', '.join(METRIC_ALIASES)})")
         if name not in out:
             out.append(name)
     return out
+
+
+def result_names(names: Sequence[str]) -> list[str]:
+    """The result keys the records of these (canonical) metrics hold, in order: one per metric, two for
+    pr50k3_inception (precision, recall)."""
+    return [key for name in names for key in (METRIC_SPECS[name].results or (name,))]
+
+
+def precision_recall(gen: torch.Tensor, real: torch.Tensor, *, k: int = PR_NEIGHBORHOOD,
+                     batch: int = PR_BATCH) -> tuple[float, float]:
+    """k-NN precision and recall of generated features `gen` [N1, D] against real features `real` [N2, D]
+    (Kynkaanniemi et al. 2019): each set's manifold is the union of balls around its points reaching their k-th
+    nearest neighbour (self excluded); precision is the fraction of generated points inside the real manifold,
+    recall the fraction of real points inside the generated one. torch-fidelity's computation, in blocks of
+    `batch` rows (memory O(batch * N)); the distances run on the features' device."""
+    if min(len(gen), len(real)) <= k:
+        raise MetricError(f"precision/recall with k={k} needs more than {k} images on each side, got {len(gen)} "
+                          f"and {len(real)}")
+    out = _call_fidelity(prc_features_to_metric, gen, real, prc_neighborhood=int(k), prc_batch_size=int(batch),
+                         save_cpu_ram=True, verbose=False)
+    return float(out[KEY_METRIC_PRECISION]), float(out[KEY_METRIC_RECALL])
 
 
 def _call_fidelity(func: Callable, *args: Any, **kwargs: Any) -> Any:
@@ -276,11 +311,12 @@ CPU_MEMORY_FORMAT = torch.channels_last
 
 def _measure(input1: torch.utils.data.Dataset, input2: torch.utils.data.Dataset, names: list[str], *,
              cache_name1: str | None, cache_name2: str, device: torch.device, batch: int, seed: int,
-             weights_path: str, verbose: bool) -> dict[str, float]:
-    """All requested metrics of input1 against input2 -> {metric name: value} (one feature pass per input)."""
+             weights_path: str, verbose: bool) -> dict[str, dict[str, float]]:
+    """All requested metrics of input1 against input2 -> {metric name: {result name: value}} (one feature pass per
+    input, shared by all metrics)."""
     n1, n2 = len(input1), len(input2)
     if min(n1, n2) < 2:
-        raise MetricError(f"FID/KID need at least 2 images on each side, got {n1} and {n2}")
+        raise MetricError(f"the metrics need at least 2 images on each side, got {n1} and {n2}")
     cuda = device.type == "cuda"
     values = {}
     with torch.cuda.device(device) if cuda else contextlib.nullcontext():
@@ -296,13 +332,19 @@ def _measure(input1: torch.utils.data.Dataset, input2: torch.utils.data.Dataset,
             kid = _call_fidelity(kid_features_to_metric, a.features, b.features, kid_subsets=KID_NUM_SUBSETS,
                                  kid_subset_size=min(KID_MAX_SUBSET_SIZE, n1, n2), rng_seed=seed, verbose=verbose)
             values["kid50k_full"] = kid[torch_fidelity.KEY_METRIC_KID_MEAN]
-    return {n: float(values[n]) for n in names}
+        if PR_METRIC in names:
+            # Pairwise distances gen-gen, real-real and gen-real (twice), in blocks, on the evaluation device.
+            precision, recall = precision_recall(a.features.to(device), b.features.to(device))
+            values.update(zip(METRIC_SPECS[PR_METRIC].results, (precision, recall)))
+    return {n: {key: float(values[key]) for key in result_names([n])} for n in names}
 
 
-def make_record(name: str, value: float, *, num_gen: int, total_time: float, snapshot_pkl: str | None,
-                **extra: Any) -> dict:
-    """One official-format metric record (plus num_gen and any `extra` fields)."""
-    return dict(results={name: value}, metric=name, num_gen=int(num_gen), snapshot_pkl=snapshot_pkl,
+def make_record(name: str, value: float | dict[str, float], *, num_gen: int, total_time: float,
+                snapshot_pkl: str | None, **extra: Any) -> dict:
+    """One official-format metric record (plus num_gen and any `extra` fields); `value` is the metric's one value or
+    its {result name: value} (precision and recall)."""
+    results = dict(value) if isinstance(value, dict) else {name: value}
+    return dict(results=results, metric=name, num_gen=int(num_gen), snapshot_pkl=snapshot_pkl,
                 total_time=float(total_time), timestamp=time.time(), **extra)
 
 

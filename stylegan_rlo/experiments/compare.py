@@ -28,7 +28,7 @@ from stylegan_rlo.evaluation.generate import generate_images, parse_int_list, se
 from stylegan_rlo.evaluation.metrics import (MetricError, append_records, evaluate_datasets, evaluate_snapshot,
                                              validate_metric_names)
 from stylegan_rlo.experiments.compare_stats import (comparison_statistics, markdown_table, metric_cell,
-                                                    statistics_markdown)
+                                                    statistics_markdown, value_names)
 from stylegan_rlo.fileio import atomic_write
 from stylegan_rlo.images import make_grid, save_png, to_uint8
 from stylegan_rlo.objectives import Objective
@@ -40,7 +40,9 @@ from stylegan_rlo.training.launch import launch_training
 # Options the comparison sets itself for every run (the table's non-per-run ones, and exact_resume: each run keeps
 # its own seed); the rest of the training options may be passed through.
 CONTROLLED_OPTIONS = tuple(option.name for option in TRAINING_OPTIONS if not option.per_run) + ("exact_resume",)
-METRIC_LABELS = {"fid50k_full": "FID", "kid50k_full": "KID"}
+METRIC_LABELS = {"fid50k_full": "FID", "kid50k_full": "KID", "pr50k3_inception_precision": "precision",
+                 "pr50k3_inception_recall": "recall"}
+HIGHER_IS_BETTER = ("pr50k3_inception_precision", "pr50k3_inception_recall")
 START_LABEL = "start (shared)"
 MAX_SUMMARY_BYTES = 64 * 2**20  # a summary.json read back by --continue (real ones are kilobytes)
 
@@ -171,7 +173,7 @@ def _validate(network: str, data: str, ref: str, objectives: Sequence[Objective]
     except MetricError as e:
         raise CompareError(f"--metrics: {e}") from e
     if not names:
-        raise CompareError("--metrics: at least one metric is needed (fid50k_full, kid50k_full)")
+        raise CompareError("--metrics: at least one metric is needed (fid50k_full, kid50k_full, pr50k3_inception)")
     if metrics_num is not None and (isinstance(metrics_num, bool) or not isinstance(metrics_num, int)
                                     or metrics_num < 2):
         raise CompareError(f"--metrics-num must be an integer of at least 2, got {metrics_num!r}")
@@ -254,8 +256,8 @@ def compare_objectives(*, network: str, data: str, ref: str, objectives: Sequenc
 
     t0 = time.time()
     log(f"Noise floor: {', '.join(names)} of {data} ({len(data_set)} images) against {ref} ({len(ref_set)})...")
-    floor = {r["metric"]: r["results"][r["metric"]]
-             for r in evaluate_datasets(data, ref, metrics=names, device=run_device, seed=metric_seed, **weights)}
+    floor = {k: v for r in evaluate_datasets(data, ref, metrics=names, device=run_device, seed=metric_seed, **weights)
+             for k, v in r["results"].items()}
     log("Noise floor: " + _format_values(floor))
     timings["noise_floor_sec"] = time.time() - t0
 
@@ -268,7 +270,7 @@ def compare_objectives(*, network: str, data: str, ref: str, objectives: Sequenc
                                       **weights)
     start_records = [dict(r, kimg=0.0, shared_start=True) for r in start_records]
     start_point = dict(kimg=0.0, wall_sec=0.0, snapshot=os.path.abspath(network),
-                       **{r["metric"]: r["results"][r["metric"]] for r in start_records})
+                       **{k: v for r in start_records for k, v in r["results"].items()})
     log("Start network: " + _format_values(start_point))
     before = grid_images(G0, grid, run_device)
     save_labelled_blocks([("before (start network)", before)], grid, os.path.join(outdir, "grid-start.png"))
@@ -297,10 +299,10 @@ def compare_objectives(*, network: str, data: str, ref: str, objectives: Sequenc
                            points=[dict(start_point)], train_sec=train_sec)
         result.points += _evaluate_run(run_dir, names, ref, metrics_num, run_device, metric_seed, start_nimg, trust,
                                        weights, show_progress, log, f"[run {i + 1}/{num_runs}]")
-        for point in result.points[1:]:
+        for point in result.points[1:] if best_metric else ():
             update_best(run_dir, best_metric, point[best_metric], os.path.join(run_dir, point["snapshot"]),
                         point["kimg"])
-        result.best = read_best(run_dir, best_metric)
+        result.best = read_best(run_dir, best_metric) if best_metric else None
         final = load_network_pkl(_snapshots(run_dir)[-1], trust_pickle=trust)
         after = grid_images(final["G_ema"], grid, run_device)
         final_kimg = result.points[-1]["kimg"]
@@ -376,7 +378,7 @@ def _evaluate_run(run_dir: str, names: list[str], ref: str, metrics_num: int | N
         append_records(records, run_dir)
         tick = stats.get(round(int(progress["cur_nimg"]) / 1000, 3))
         point = dict(kimg=kimg, wall_sec=tick["Timing/total_sec"]["mean"] if tick else None,
-                     snapshot=os.path.basename(path), **{r["metric"]: r["results"][r["metric"]] for r in records})
+                     snapshot=os.path.basename(path), **{k: v for r in records for k, v in r["results"].items()})
         log(f"{prefix} kimg {kimg:g}: " + _format_values(point))
         points.append(point)
     return points
@@ -404,7 +406,7 @@ def write_outputs(summary: dict, outdir: str) -> None:
 def summary_markdown(summary: dict) -> str:
     """The human-readable comparison: set-up, noise floor, final and per-snapshot tables (and seed means)."""
     cfg, floor, runs = summary["config"], summary["noise_floor"], summary["runs"]
-    names = cfg["metrics"]
+    names = value_names(summary)
     header = ["objective", "k", "seed", "kimg"] + [METRIC_LABELS.get(n, n) for n in names] + ["wall time"]
 
     def row(run: dict | None, point: dict) -> list[str]:
@@ -464,7 +466,7 @@ def plot_metrics(summary: dict, path: str) -> None:
     import matplotlib  # start-up: matplotlib loads only when a plot is drawn (not on the commands' import path)
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt  # start-up, as matplotlib above
-    names = summary["config"]["metrics"]
+    names = value_names(summary)
     fig, axes = plt.subplots(1, len(names), figsize=(5.5 * len(names), 4), squeeze=False)
     stats = comparison_statistics(summary)
     for ax, name in zip(axes[0], names):
@@ -483,7 +485,8 @@ def plot_metrics(summary: dict, path: str) -> None:
                        label="noise floor (train vs ref)")
         ax.set_xlabel("kimg (fine-tuning)")
         ax.set_ylabel(METRIC_LABELS.get(name, name))
-        ax.set_title(f"{METRIC_LABELS.get(name, name)} against the reference set (lower is better)")
+        better = "higher" if name in HIGHER_IS_BETTER else "lower"
+        ax.set_title(f"{METRIC_LABELS.get(name, name)} against the reference set ({better} is better)")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     fig.tight_layout()

@@ -49,6 +49,16 @@ def run_diverged(run: dict, start: dict, names: Sequence[str]) -> bool:
                 and run["points"][-1][fid] > start[fid])
 
 
+def value_names(summary: dict) -> list[str]:
+    """The values of each point, in the order of the comparison's metrics: the metric's name, or for a metric with
+    several results (pr50k3_inception) the result names that start with it (taken from the shared start point)."""
+    start = summary["start"]
+    out: list[str] = []
+    for metric in summary["config"]["metrics"]:
+        out += [metric] if metric in start else sorted(k for k in start if k.startswith(metric + "_"))
+    return out
+
+
 def _kimgs(runs: Sequence[dict]) -> list[float]:
     return sorted({p["kimg"] for r in runs for p in r["points"]})
 
@@ -60,7 +70,7 @@ def _value_at(run: dict, kimg: float, name: str):
 def comparison_statistics(summary: dict) -> dict:
     """Per objective: runs, diverged count, sec/kimg, and per snapshot mean/sd of every metric; per other objective
     and snapshot: the paired difference (objective - first objective) over the shared seeds with its t interval."""
-    names, runs, start = summary["config"]["metrics"], summary["runs"], summary["start"]
+    names, runs, start = value_names(summary), summary["runs"], summary["start"]
     labels = list(dict.fromkeys(r["objective"] for r in runs))
     per_objective = {}
     for label in labels:
@@ -92,9 +102,11 @@ def comparison_statistics(summary: dict) -> dict:
 
 
 def metric_cell(name: str, value: float | None) -> str:
-    """A metric value as the summaries print it: KID to 4 decimals, FID to 2, '-' for none."""
+    """A metric value as the summaries print it: KID to 4 decimals, precision/recall to 3, FID to 2, '-' for none."""
     if value is None:
         return "-"
+    if name.startswith("pr"):
+        return f"{value:.3f}"
     return f"{value:.4f}" if name.startswith("kid") else f"{value:.2f}"
 
 
@@ -119,7 +131,9 @@ def statistics_markdown(stats: dict, names: Sequence[str], labels: dict[str, str
     for label, pair in stats["paired"].items():
         lines += ["", f"## Paired difference: {label} minus {pair['against']} (same seeds: "
                       f"{', '.join(map(str, pair['seeds'])) or 'none'})", "",
-                  f"Negative is better for {label}. {pct} interval: {stats['interval']}; an interval that "
+                  f"Negative is better for {label}"
+                  + ("; for precision and recall, positive" if any(n.startswith("pr") for n in names) else "")
+                  + f". {pct} interval: {stats['interval']}; an interval that "
                   "contains 0 means no difference was detected at this number of seeds.", ""]
         rows = [[f"{snap['kimg']:g}", str(max(snap[n]["n"] for n in names))] +
                 [f"{metric_cell(n, snap[n]['mean'])} [{metric_cell(n, snap[n]['low'])}, "

@@ -1,6 +1,7 @@
 """Best-snapshot tracking: after each evaluation the run directory holds `best-<metric>.pkl`, an atomic copy of the
-best snapshot so far, and `best-<metric>.json` saying which one it is (kimg, value, snapshot). Every metric offered
-(FID, KID) is better when lower.
+best snapshot so far, and `best-<metric>.json` saying which one it is (kimg, value, snapshot). A snapshot is ranked by
+one number, better when lower: FID or KID. Precision and recall (pr50k3_inception) are two numbers that trade off
+against each other, so they rank nothing.
 """
 
 from __future__ import annotations
@@ -14,17 +15,24 @@ from typing import Sequence
 from stylegan_rlo.fileio import atomic_write
 from stylegan_rlo.training.options import TrainingOptionsError
 
+RANKING_METRICS = ("fid50k_full", "kid50k_full")  # the metrics a best snapshot can be chosen by (lower is better)
+
 
 def resolve_best_metric(best_metric: str | None, metrics: Sequence[str]) -> str | None:
-    """The metric to track: `best_metric` (a name or shorthand among `metrics`), by default the first metric."""
+    """The metric to track: `best_metric` (a name or shorthand among `metrics`), by default the first metric that
+    ranks snapshots (None when none does)."""
     if best_metric is None:
-        return metrics[0] if metrics else None
+        return next((name for name in metrics if name in RANKING_METRICS), None)
     # start-up: torch-fidelity (~1.5 s) loads only when --best-metric is given; the options are checked without it
     from stylegan_rlo.evaluation.metrics import MetricError, validate_metric_names
     try:
         names = validate_metric_names([best_metric])
     except MetricError as e:
         raise TrainingOptionsError(f"--best-metric: {e}") from e
+    if names and names[0] not in RANKING_METRICS:
+        raise TrainingOptionsError(f"--best-metric {best_metric}: precision and recall are two numbers that trade "
+                                   f"off against each other, so neither ranks snapshots alone; keep the best "
+                                   f"snapshot by {' or '.join(RANKING_METRICS)} (evaluate it as well)")
     if not names or names[0] not in metrics:
         raise TrainingOptionsError(f"--best-metric {best_metric}: it must be one of the evaluated metrics "
                                    f"(--metrics {','.join(metrics) or 'none'})")

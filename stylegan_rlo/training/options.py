@@ -151,7 +151,8 @@ TRAINING_OPTIONS: tuple[Option, ...] = (
     Option("seed", "int", "Random seed.", default=0, low=0, per_run=False),
     Option("workers", "int", "DataLoader workers.", default=3, low=0),
     Option("desc", "str", "Extra text appended to the run directory name.", per_run=False),
-    Option("metrics", "str", "Metrics at each snapshot: comma-separated (fid50k_full,kid50k_full) or none.",
+    Option("metrics", "str", "Metrics at each snapshot: comma-separated "
+           "(fid50k_full,kid50k_full,pr50k3_inception) or none.",
            default="none", metavar="LIST", per_run=False),
     Option("metrics_num", "int", "Generated images per metric.", derived="50000", low=1, per_run=False),
     Option("metric_data", "str", "Compute --metrics against this dataset (e.g. held-out images) instead of the "

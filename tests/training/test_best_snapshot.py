@@ -39,10 +39,23 @@ def test_best_metric_defaults_to_the_first_metric_and_accepts_shorthands():
     assert best_snapshot.resolve_best_metric(None, []) is None
 
 
+def test_precision_recall_ranks_no_snapshot():
+    """pr50k3_inception is two numbers that trade off: the default skips it, naming it is refused."""
+    assert best_snapshot.resolve_best_metric(None, ["pr50k3_inception", "kid50k_full"]) == "kid50k_full"
+    assert best_snapshot.resolve_best_metric(None, ["pr50k3_inception"]) is None
+    with pytest.raises(TrainingOptionsError, match="--best-metric pr50k3_inception: precision and recall .* "
+                                                   "fid50k_full or kid50k_full"):
+        best_snapshot.resolve_best_metric("pr50k3_inception", ["pr50k3_inception", "fid50k_full"])
+    assert set(best_snapshot.RANKING_METRICS) | {"pr50k3_inception"} == set(metrics.METRIC_NAMES)
+
+
 @pytest.mark.parametrize("opts,words", [
     (dict(metric_data="HELDOUT"), ["--metric-data needs --metrics"]),
     (dict(metrics="fid50k_full", best_metric="kid"), ["--best-metric kid", "one of the evaluated metrics"]),
     (dict(metrics="fid50k_full", best_metric="is50k"), ["--best-metric", "Inception Score"]),
+    (dict(metrics="fid50k_full,pr50k3_inception", best_metric="pr50k3_inception"),
+     ["--best-metric pr50k3_inception", "trade off"]),
+    (dict(metrics="pr50k3_full"), ["pr50k3_full", "VGG16", "pr50k3_inception"]),
     (dict(metrics="fid50k_full", metric_data="SMALL"), ["--metric-data", "16x16", "32x32"]),
     (dict(metrics="fid50k_full", metric_data="MISSING"), ["--metric-data", "missing.zip"]),
     (dict(metrics="fid50k_full", metric_data="HELDOUT", cond=True, resume=str(TINY_COND)),
