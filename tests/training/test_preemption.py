@@ -174,13 +174,15 @@ def _rank_waiting_for_a_signal(rank, folder):
 def test_launcher_forwards_a_signal_to_every_rank(tmp_path):
     """The always-on twin of the --gpus 2 test: join_forwarding_signals with two forked stand-in ranks."""
     import threading
+    found = signal.getsignal(signal.SIGINT)  # default_int_handler, or SIG_IGN in a background shell
     context = torch.multiprocessing.start_processes(_rank_waiting_for_a_signal, args=(str(tmp_path),), nprocs=2,
                                                     join=False, start_method="fork")
 
     def signal_when_ready():
-        # Both ranks catch signals, and so does the launcher (else the signal would interrupt this test itself).
+        # Both ranks catch signals, and so does the launcher (else the signal would interrupt this test itself, or be
+        # ignored where the shell ignores SIGINT): wait until its handler replaced the one found at the start.
         while not all(os.path.exists(tmp_path / f"ready{r}") for r in range(2)) or \
-                signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+                signal.getsignal(signal.SIGINT) is found:
             time.sleep(0.01)
         os.kill(os.getpid(), signal.SIGINT)
 
