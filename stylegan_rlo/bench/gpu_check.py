@@ -36,7 +36,7 @@ import torch
 from PIL import Image
 
 from stylegan_rlo import PACKAGE_DIR, __version__
-from stylegan_rlo.bench.training import run_bench
+from stylegan_rlo.bench.training import run_bench, sync_device
 from stylegan_rlo.checkpoints.pickles import load_network_pkl
 from stylegan_rlo.errors import UserError
 from stylegan_rlo.fileio import atomic_write
@@ -67,11 +67,6 @@ Result = tuple[dict, list[str]]
 
 # ---------------------------------------------------------------------------------------------------------------
 # Small helpers.
-
-def _sync(device: torch.device | str) -> None:
-    if torch.device(device).type == "cuda":
-        torch.cuda.synchronize(device)
-
 
 def _plain(value: Any) -> Any:
     """JSON-ready copy: dataclasses, named tuples and objects with attributes become dicts, tensors numbers."""
@@ -519,10 +514,10 @@ def inception(device: str = "cuda", batch: int = 64, rounds: int = 5, res: int =
     rates = []
     with torch.no_grad():
         for step in range(rounds + 1):
-            _sync(dev)
+            sync_device(dev)
             start = time.perf_counter()
             extractor(images)
-            _sync(dev)
+            sync_device(dev)
             if step:  # the first batch warms up
                 rates.append(batch / (time.perf_counter() - start))
     median = statistics.median(rates)

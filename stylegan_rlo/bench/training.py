@@ -22,8 +22,9 @@ from stylegan_rlo.training.step import Batch, TrainingStep, build_augment_pipe, 
 from torch_utils.ops import conv2d_gradfix, grid_sample_gradfix
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
+def sync_device(device: torch.device | str) -> None:
+    """Wait for the device's queued work (CUDA runs asynchronously), so that a timer reads finished work."""
+    if torch.device(device).type == "cuda":
         torch.cuda.synchronize(device)
 
 
@@ -68,12 +69,12 @@ def run_bench(res: int = 32, cbase: int = 2048, cmax: int = 128, batch: int = 8,
     for batch_idx in range(warmup):
         iteration(batch_idx)
     stats.reduce()
-    _sync(dev)
+    sync_device(dev)
     start = time.perf_counter()
     for batch_idx in range(iters):
         iteration(batch_idx)
     stats.reduce()  # reading the stats is part of the loop's work (once per tick)
-    _sync(dev)
+    sync_device(dev)
     elapsed = time.perf_counter() - start
     images = iters * batch
     peak = torch.cuda.max_memory_allocated(dev) / 2 ** 30 if dev.type == "cuda" else None

@@ -82,17 +82,23 @@ def tiny_generator(c_dim: int = 0, seed: int = 0) -> torch.nn.Module:
                                                                                         channel_max=16))
 
 
+def metric_datasets(tmp_path_factory, name: str, num: int, seed: int, perturb_seed: int):
+    """Generator for a module-wide fixture: a private cache folder, the fast '64' feature layer, and the datasets
+    a (`num` smooth images) and p (a perturbed); yields an object with root, a and p."""
+    mp = pytest.MonkeyPatch()
+    root = tmp_path_factory.mktemp(name)
+    mp.setenv("DNNLIB_CACHE_DIR", str(root / "cache"))
+    mp.setattr(metrics, "FEATURE_LAYER", "64")
+    imgs = smooth_images(num, seed=seed)
+    yield type("Datasets", (), dict(root=root, a=write_zip(root / "a.zip", imgs),
+                                    p=write_zip(root / "p.zip", perturb(imgs, perturb_seed))))
+    mp.undo()
+
+
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
     """Module-wide cache folder, the fast feature layer, and the datasets A (6 images), P (A perturbed)."""
-    mp = pytest.MonkeyPatch()
-    root = tmp_path_factory.mktemp("metrics")
-    mp.setenv("DNNLIB_CACHE_DIR", str(root / "cache"))
-    mp.setattr(metrics, "FEATURE_LAYER", "64")
-    imgs = smooth_images(6, seed=1)
-    ns = dict(root=root, a=write_zip(root / "a.zip", imgs), p=write_zip(root / "p.zip", perturb(imgs, 2)))
-    yield type("Env", (), ns)
-    mp.undo()
+    yield from metric_datasets(tmp_path_factory, "metrics", 6, seed=1, perturb_seed=2)
 
 
 def direct_fidelity(input1, input2, layer: str, seed: int, n: int) -> dict:

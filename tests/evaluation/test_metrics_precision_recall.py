@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
-from test_metrics import perturb, read_zip_rgb, smooth_images, tiny_generator, write_zip
+from test_metrics import metric_datasets, read_zip_rgb, tiny_generator
 
 from stylegan_rlo.cli.calc_fid import main as calc_fid_main
 from stylegan_rlo.evaluation import inception_weights, metrics
@@ -112,13 +112,7 @@ def test_compare_summaries_show_both_values():
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     """Two tiny datasets (8 images and 8 perturbed copies), the fast '64' feature layer, a private cache."""
-    mp = pytest.MonkeyPatch()
-    root = tmp_path_factory.mktemp("prc")
-    mp.setenv("DNNLIB_CACHE_DIR", str(root / "cache"))
-    mp.setattr(metrics, "FEATURE_LAYER", "64")
-    imgs = smooth_images(8, seed=21)
-    yield type("Data", (), dict(a=write_zip(root / "a.zip", imgs), p=write_zip(root / "p.zip", perturb(imgs, 22))))
-    mp.undo()
+    yield from metric_datasets(tmp_path_factory, "prc", 8, seed=21, perturb_seed=22)
 
 
 @needs_weights
