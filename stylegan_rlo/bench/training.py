@@ -66,10 +66,12 @@ def run_bench(res: int = 32, cbase: int = 2048, cmax: int = 128, batch: int = 8,
         gen_c = torch.zeros([len(phases) * batch, 0], device=dev)
         step(Batch(real_img, real_c, gen_z, gen_c), batch_idx, batch_idx * batch)
 
+    start = time.perf_counter()
     for batch_idx in range(warmup):
         iteration(batch_idx)
     stats.reduce()
     sync_device(dev)
+    warmup_sec = time.perf_counter() - start  # includes cuDNN's autotuning of each new shape on a GPU
     start = time.perf_counter()
     for batch_idx in range(iters):
         iteration(batch_idx)
@@ -80,5 +82,5 @@ def run_bench(res: int = 32, cbase: int = 2048, cmax: int = 128, batch: int = 8,
     peak = torch.cuda.max_memory_allocated(dev) / 2 ** 30 if dev.type == "cuda" else None
     return dict(sec_per_kimg=elapsed / images * 1000, img_per_sec=images / elapsed, loss=objective.name,
                 k=objective.k, res=res, cbase=cbase, cmax=cmax, batch=batch, map=map_depth, iters=iters,
-                warmup=warmup, device=str(dev), threads=torch.get_num_threads(), total_sec=elapsed, fp32=fp32,
-                peak_mem_gib=peak)
+                warmup=warmup, device=str(dev), threads=torch.get_num_threads(), total_sec=elapsed,
+                warmup_sec=warmup_sec, fp32=fp32, peak_mem_gib=peak)

@@ -72,7 +72,8 @@ def test_quick_sizes_are_smaller_and_budgets_fit_the_deadlines():
                 assert step.quick[key] <= step.full[key], (step.name, key)
     assert gpu_check.DEADLINE_S["full"] <= 8 * 60 and gpu_check.DEADLINE_S["quick"] <= 5.5 * 60
     speeds = [s for s in gpu_check.STEPS if s.name.startswith("speed_")]
-    assert all(s.full["res"] == 256 and s.full["cbase"] == 16384 and s.full["batch"] == 64 for s in speeds)
+    assert all(s.full["res"] == 256 and s.full["cbase"] == 16384 and s.full["batch"] >= 32 for s in speeds)
+    assert gpu_check.STEPS_BY_NAME["speed_kernels"].full["batch"] == 64  # the figure the README quotes
     assert [s for s in speeds if s.env] == [gpu_check.STEPS_BY_NAME["speed_pytorch"]]
 
 
