@@ -14,6 +14,7 @@ import _compat_pickle
 import collections
 import copy
 import copyreg
+import hashlib
 import importlib
 import io
 import math
@@ -21,7 +22,7 @@ import os
 import pickle
 import struct
 import zipfile
-from typing import IO, Any, Iterable
+from typing import IO, Any, Callable, Iterable
 
 import numpy as np
 import torch
@@ -445,11 +446,14 @@ def _scalars_equal(a: Any, b: Any) -> bool:
 # ---------------------------------------------------------------------------------------------------------------
 # Saving.
 
-def save_network_pkl(path: str | os.PathLike, snapshot: dict) -> None:
+def save_network_pkl(path: str | os.PathLike, snapshot: dict,
+                     before_commit: Callable[[str], None] | None = None) -> None:
     """Write a snapshot dict as an official-format network pickle, atomically.
 
     Networks must be persistent objects (our classes); those holding non-CPU tensors are saved as CPU copies.
     The file loads with plain `pickle.load` (this package installed), our safe loader, and the official loader.
+    `before_commit(sha256_hex)` runs once the bytes are written but before the file replaces `path`: training
+    writes the snapshot's state file there, so the pickle never appears without its state.
     """
     if not isinstance(snapshot, dict):
         raise TypeError(f"snapshot must be a dict, got {type(snapshot).__name__}")
@@ -464,7 +468,22 @@ def save_network_pkl(path: str | os.PathLike, snapshot: dict) -> None:
             value = _cpu_copy_if_needed(value)
         data[key] = value
     with atomic_write(path, "wb") as f:
-        pickle.dump(data, f, protocol=_PICKLE_PROTOCOL)
+        hashing = _HashingWriter(f)
+        pickle.dump(data, hashing, protocol=_PICKLE_PROTOCOL)
+        if before_commit is not None:
+            before_commit(hashing.sha256.hexdigest())
+
+
+class _HashingWriter:
+    """A binary file's write() that also feeds a SHA-256 of everything written."""
+
+    def __init__(self, f: IO[bytes]):
+        self.f = f
+        self.sha256 = hashlib.sha256()
+
+    def write(self, data: bytes) -> int:
+        self.sha256.update(data)
+        return self.f.write(data)
 
 
 def _tensors_of(module: torch.nn.Module) -> Iterable[torch.Tensor]:

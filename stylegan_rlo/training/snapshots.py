@@ -49,9 +49,8 @@ class SnapshotParts:
     schedule: dict
 
 
-def _save_network_pkl(parts: SnapshotParts, run_dir: str, rank: int, distributed: bool,
-                      progress: dict) -> tuple[str, torch.nn.Module]:
-    """Write network-snapshot-NNNNNN.pkl atomically on rank 0 (after checking that all ranks agree)."""
+def _snapshot_dict(parts: SnapshotParts, rank: int, distributed: bool, progress: dict) -> dict[str, Any]:
+    """The pickle's content (CPU copies on rank 0, after checking that all ranks agree)."""
     snapshot: dict[str, Any] = dict(training_set_kwargs=dict(parts.training_set_kwargs or {}))
     for name in ("G", "D", "G_ema", "augment_pipe"):
         module = getattr(parts, name)
@@ -62,21 +61,28 @@ def _save_network_pkl(parts: SnapshotParts, run_dir: str, rank: int, distributed
                 module = copy.deepcopy(module).eval().requires_grad_(False).cpu()
         snapshot[name] = module
     snapshot["progress"] = progress
-    path = os.path.join(run_dir, f"network-snapshot-{progress['cur_nimg'] // 1000:06d}.pkl")
-    if rank == 0:
-        training_state.remove_stale(training_state.state_path(path))  # a kill in between leaves no wrong one
-        save_network_pkl(path, snapshot)
-    return path, snapshot["G_ema"]
+    return snapshot
+
+
+def write_pair(snapshot_pkl: str, snapshot: dict, state: dict) -> None:
+    """Write a snapshot pickle and its training state such that a kill at any moment leaves every pickle on disk
+    with its own state (the protocol: stylegan_rlo.training.state, above settle())."""
+    training_state.settle(snapshot_pkl)
+    save_network_pkl(snapshot_pkl, snapshot,
+                     before_commit=lambda digest: training_state.write_next(snapshot_pkl, state, digest))
+    training_state.promote(snapshot_pkl)
 
 
 def write_snapshot(parts: SnapshotParts, run_dir: str, *, rank: int, num_gpus: int, progress: dict, data_items: int,
                    log: Callable[[str], None]) -> tuple[str, torch.nn.Module, dict]:
     """Write the snapshot pickle and its training state (on rank 0; every rank takes part). Returns the pickle's
     path, its G_ema (a CPU copy on rank 0) and this rank's RNG state as saved, for the run to continue from."""
-    snapshot_pkl, snapshot_G_ema = _save_network_pkl(parts, run_dir, rank, num_gpus > 1, progress)
     ranks = training_state.gather(training_state.rank_state(parts.loss, parts.ada_stats), num_gpus)
+    snapshot = _snapshot_dict(parts, rank, num_gpus > 1, progress)
+    snapshot_pkl = os.path.join(run_dir, f"network-snapshot-{progress['cur_nimg'] // 1000:06d}.pkl")
     if rank == 0:
-        training_state.write(training_state.state_path(snapshot_pkl), phases=parts.phases, ranks=ranks,
-                             progress=progress, schedule=parts.schedule, data_items=data_items)
+        state = training_state.build(phases=parts.phases, ranks=ranks, progress=progress, schedule=parts.schedule,
+                                     data_items=data_items)
+        write_pair(snapshot_pkl, snapshot, state)
     log(f"Saved {os.path.basename(snapshot_pkl)} and its training state")
-    return snapshot_pkl, snapshot_G_ema, ranks[rank]["rng"]
+    return snapshot_pkl, snapshot["G_ema"], ranks[rank]["rng"]

@@ -9,6 +9,7 @@ atomically.
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import os
 import random
@@ -23,6 +24,7 @@ from stylegan_rlo.training.options import TrainingOptionsError
 FORMAT = "stylegan_rlo.training_state"
 VERSION = 1
 SUFFIX = ".state.pt"
+NEXT_SUFFIX = ".state.next.pt"  # a staged state file (see write_pair)
 
 
 class TrainingStateError(TrainingOptionsError):
@@ -35,12 +37,50 @@ def state_path(snapshot_pkl: str) -> str:
     return base + SUFFIX
 
 
+def next_state_path(snapshot_pkl: str) -> str:
+    """Where a state file is staged before its pickle is committed: `...-000012.state.next.pt` (see write_pair)."""
+    return state_path(snapshot_pkl)[: -len(SUFFIX)] + NEXT_SUFFIX
+
+
 def find_state(resume: str) -> str | None:
-    """The state file beside a local `--resume` pickle, if there is one (URLs have none)."""
+    """The state file of a local `--resume` pickle (URLs have none): the one of `<snapshot>.state.pt` and a staged
+    `<snapshot>.state.next.pt` that records this pickle's SHA-256 (a file without a digest, written before digests
+    existed, is taken as it is). TrainingStateError when state files are there but belong to another pickle."""
     if "://" in resume or not os.path.isfile(resume):
         return None
-    path = state_path(resume)
-    return path if os.path.isfile(path) else None
+    candidates = [path for path in (state_path(resume), next_state_path(resume)) if os.path.isfile(path)]
+    digest = None
+    for path in candidates:
+        recorded = _recorded_digest(path)
+        if recorded is None:  # no digest, or unreadable: read() checks it (and names what is wrong)
+            return path
+        digest = digest or file_sha256(resume)
+        if recorded == digest:
+            return path
+    if candidates:
+        raise TrainingStateError(
+            f"training state {candidates[0]} belongs to another snapshot than {resume} (it records another pickle "
+            f"SHA-256): move it away to resume without it (not exactly)")
+    return None
+
+
+def file_sha256(path: str) -> str:
+    """The SHA-256 of a file's bytes, read in 1 MiB pieces."""
+    sha = hashlib.sha256()
+    with open(path, "rb") as f:
+        for piece in iter(lambda: f.read(1 << 20), b""):
+            sha.update(piece)
+    return sha.hexdigest()
+
+
+def _recorded_digest(path: str) -> str | None:
+    """The pickle SHA-256 a state file records; None for a file without one or one that cannot be read."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # noqa: BLE001 -- read() reports the reason
+        return None
+    digest = state.get("pickle_sha256") if isinstance(state, dict) else None
+    return digest if isinstance(digest, str) else None
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -92,19 +132,43 @@ def _optimizers(phases) -> dict[str, torch.optim.Optimizer]:
     return {phase.name[0]: phase.opt for phase in phases}
 
 
-def write(path: str, *, phases, ranks: list[dict], progress: dict, data_items: int, schedule: dict) -> None:
-    """Write the state file atomically (rank 0)."""
-    state = dict(format=FORMAT, version=VERSION, num_gpus=len(ranks), data_items=int(data_items),
-                 progress=dict(progress), schedule=dict(schedule), ranks=ranks,
-                 optimizers={name: opt.state_dict() for name, opt in _optimizers(phases).items()})
-    with atomic_write(path, "wb") as f:
-        torch.save(state, f)
+def build(*, phases, ranks: list[dict], progress: dict, data_items: int, schedule: dict) -> dict:
+    """The state file's content (rank 0), without the digest of its pickle (write_next adds it)."""
+    return dict(format=FORMAT, version=VERSION, num_gpus=len(ranks), data_items=int(data_items),
+                progress=dict(progress), schedule=dict(schedule), ranks=ranks,
+                optimizers={name: opt.state_dict() for name, opt in _optimizers(phases).items()})
 
 
-def remove_stale(path: str) -> None:
-    """Remove an older state file about to be replaced (so a kill before the new one leaves none, not a wrong one)."""
-    if os.path.exists(path):
-        os.remove(path)
+# The write protocol of a (pickle, state) pair, such that a kill at any moment leaves every pickle on disk with its
+# own state file, also when a snapshot replaces one of the same name (--tick below 1 kimg):
+#   1. settle(): finish what an earlier killed writer left (a staged state whose pickle is there becomes the state
+#      file; one whose pickle never appeared is removed);
+#   2. the pickle is written to a temp file; write_next() stages the state, with the pickle's SHA-256, as
+#      <snapshot>.state.next.pt; only then does the pickle replace <snapshot>.pkl;
+#   3. promote(): the staged state replaces <snapshot>.state.pt.
+# Until 2 commits, the old pickle and its old state stand; between 2 and 3 find_state() picks the staged file by
+# its digest. stylegan_rlo.training.snapshots.write_pair runs the three steps.
+
+def settle(snapshot_pkl: str) -> None:
+    """Step 1: promote a staged state whose pickle was committed, remove one whose pickle was not."""
+    staged = next_state_path(snapshot_pkl)
+    if not os.path.exists(staged):
+        return
+    if os.path.isfile(snapshot_pkl) and _recorded_digest(staged) == file_sha256(snapshot_pkl):
+        os.replace(staged, state_path(snapshot_pkl))
+    else:
+        os.remove(staged)
+
+
+def write_next(snapshot_pkl: str, state: dict, pickle_sha256: str) -> None:
+    """Step 2: stage the state file, recording the SHA-256 of the pickle about to be committed."""
+    with atomic_write(next_state_path(snapshot_pkl), "wb") as f:
+        torch.save(dict(state, pickle_sha256=pickle_sha256), f)
+
+
+def promote(snapshot_pkl: str) -> None:
+    """Step 3: the staged state becomes the snapshot's state file."""
+    os.replace(next_state_path(snapshot_pkl), state_path(snapshot_pkl))
 
 
 # ---------------------------------------------------------------------------------------------------------------
