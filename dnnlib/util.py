@@ -72,9 +72,18 @@ def open_url(url: str, cache_dir: str | None = None, num_attempts: int = 10, ver
     if cache:
         hits = sorted(glob.glob(os.path.join(glob.escape(cache_dir), url_md5 + "_*")))
         if hits:
+            if not os.path.isfile(hits[0]):  # a folder, FIFO or device (os.stat follows links, like open)
+                raise DownloadError(f"the download cache entry {hits[0]} for {url} is not a regular file; remove it "
+                                    f"to download the file again")
             return hits[0] if return_filename else open(hits[0], "rb")
-        with atomic_write(target, "wb") as f:
-            fetch(url, f, num_attempts=num_attempts, verbose=verbose, target=target)
+        try:
+            with atomic_write(target, "wb") as f:
+                fetch(url, f, num_attempts=num_attempts, verbose=verbose, target=target)
+        except DownloadError:
+            raise
+        except OSError as e:  # the cache folder is a file, read-only, full...
+            raise DownloadError(f"cannot write the download cache file {target} ({e.strerror or e}); make "
+                                f"{cache_dir} a writable folder, or set DNNLIB_CACHE_DIR to one") from e
         return target if return_filename else open(target, "rb")
 
     buffer = io.BytesIO()

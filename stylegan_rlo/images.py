@@ -27,12 +27,23 @@ def save_png(image_hwc: np.ndarray, path: str | os.PathLike) -> None:
         Image.fromarray(img, "L" if img.ndim == 2 else "RGB").save(f, format="PNG")
 
 
+def _grid_shape(h: int, w: int, c: int, cols: int, rows: int, labelled: bool, pad: int) -> tuple[int, int, int]:
+    label_h = 12 if labelled else 0
+    return rows * (h + pad + label_h) + pad, cols * (w + pad) + pad, c
+
+
+def grid_bytes(h: int, w: int, c: int, cols: int, rows: int, labelled: bool, pad: int = 2) -> int:
+    """Memory make_grid needs for a cols x rows grid of h x w x c tiles (checked before generating the tiles)."""
+    gh, gw, gc = _grid_shape(h, w, c, cols, rows, labelled, pad)
+    return gh * gw * gc
+
+
 def make_grid(images_nhwc: np.ndarray, cols: int, rows: int, labels: Sequence[str] | None = None,
               pad: int = 2) -> np.ndarray:
     """Tile up to cols*rows uint8 NHWC images row by row; `labels` (one per image) are drawn under each tile."""
     n, h, w, c = images_nhwc.shape
     label_h = 12 if labels else 0
-    grid = np.full((rows * (h + pad + label_h) + pad, cols * (w + pad) + pad, c), 255, np.uint8)
+    grid = np.full(_grid_shape(h, w, c, cols, rows, bool(labels), pad), 255, np.uint8)
     for i in range(min(n, cols * rows)):
         y, x = divmod(i, cols)
         top, left = pad + y * (h + pad + label_h), pad + x * (w + pad)

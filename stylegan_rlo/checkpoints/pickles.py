@@ -30,7 +30,7 @@ import torch
 from dnnlib.util import DownloadError, EasyDict, is_url, open_url
 from stylegan_rlo.checkpoints.limits import AllocationGuard, LimitExceeded, check_init_ints, check_structure, short_repr
 from stylegan_rlo.errors import UserError
-from stylegan_rlo.fileio import atomic_write
+from stylegan_rlo.fileio import BoundedReadError, atomic_write, open_regular
 from torch_utils import persistence
 
 try:  # numpy's scalar reconstructor (numpy 2 moved it to numpy._core, numpy 1 pickles say numpy.core)
@@ -39,6 +39,9 @@ except ImportError:  # numpy 1.x
     from numpy.core.multiarray import scalar as _numpy_scalar
 
 SNAPSHOT_KEYS = ("G", "D", "G_ema", "augment_pipe", "training_set_kwargs")
+# Set to 1 to load networks whose parameters or buffers hold NaN or Inf (to inspect a diverged run); otherwise such
+# a pickle is refused, naming the tensors, by every command that loads one (generate, calc_fid, compare, train).
+ALLOW_NONFINITE_ENV = "STYLEGAN_RLO_ALLOW_NONFINITE"
 SAFE_CLASS_MODULES = ("stylegan_rlo.model.networks", "stylegan_rlo.model.augment")
 _PICKLE_PROTOCOL = 4  # what the official release writes (Python 3 default); readable by Python >= 3.4
 
@@ -53,6 +56,10 @@ class MissingPickleError(PickleError, FileNotFoundError):
 
 class PickleDownloadError(MissingPickleError, DownloadError):
     """The given pickle URL could not be downloaded."""
+
+
+class NonFiniteNetworkError(PickleError):
+    """A network in the pickle has NaN or Inf parameters or buffers (a diverged run or a damaged file)."""
 
 
 class UnsafePickleError(PickleError):
@@ -105,15 +112,23 @@ def load_network_pkl(source: str | os.PathLike | IO[bytes], trust_pickle: bool =
             path = open_url(name, return_filename=True)  # downloaded once into the cache, then reused
         except DownloadError as e:
             raise PickleDownloadError(str(e)) from None
-        with open(path, "rb") as f:
+        with _open_pickle(path, "downloaded network pickle") as f:
             try:
                 return _load_from_file(f, f"{path} (downloaded from {name})", trust_pickle)
             except CorruptPickleError as e:
                 raise CorruptPickleError(f"{e}. Delete the cached copy {path} to download it again.") from None
-    if not os.path.isfile(name):
+    if not os.path.exists(name):
         raise MissingPickleError(f"network pickle not found: {name}")
-    with open(name, "rb") as f:
+    with _open_pickle(name, "network pickle") as f:
         return _load_from_file(f, name, trust_pickle)
+
+
+def _open_pickle(path: str, what: str) -> IO[bytes]:
+    """Open a regular file (a FIFO, device or folder is refused, not read); MissingPickleError otherwise."""
+    try:
+        return open_regular(path, what)
+    except BoundedReadError as e:
+        raise MissingPickleError(str(e)) from None
 
 
 def _load_from_file(f: IO[bytes], name: str, trust_pickle: bool) -> dict:
@@ -152,7 +167,22 @@ def _load_from_file(f: IO[bytes], name: str, trust_pickle: bool) -> dict:
     for key in ("G", "D", "G_ema"):
         if data[key] is not None and not isinstance(data[key], torch.nn.Module):
             raise CorruptPickleError(f"{name}: entry {key!r} is a {type(data[key]).__name__}, not a network")
+    check_finite(data, name)
     return data
+
+
+def check_finite(data: dict, name: str) -> None:
+    """NonFiniteNetworkError naming every parameter or buffer with a NaN or Inf, unless ALLOW_NONFINITE_ENV=1."""
+    if os.environ.get(ALLOW_NONFINITE_ENV) == "1":
+        return
+    bad = [f"{key}.{tensor_name}" for key, value in data.items() if isinstance(value, torch.nn.Module)
+           for tensor_name, t in (*value.named_parameters(), *value.named_buffers())
+           if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+    if bad:
+        shown = ", ".join(bad[:10]) + (f" and {len(bad) - 10} more" if len(bad) > 10 else "")
+        raise NonFiniteNetworkError(
+            f"{name}: {len(bad)} parameter/buffer tensor(s) hold NaN or Inf: {shown}. The run diverged or the file "
+            f"is damaged: use an earlier snapshot (or set {ALLOW_NONFINITE_ENV}=1 to load it anyway, for debugging)")
 
 
 # What a damaged or non-pickle file makes the (restricted) unpickler raise.

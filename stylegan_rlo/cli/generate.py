@@ -59,11 +59,12 @@ def _finite(_ctx: click.Context, _param: click.Parameter, value: float) -> float
               help="Write stylemix.png: rows x cols seed lists, e.g. --style-mix 1-4 10-13.")
 @click.option("--styles", callback=_int_list("style layer list"), default="0-6", show_default=True, metavar="LIST",
               help="ws layers the column seeds give in --style-mix.")
+@click.option("--overwrite", is_flag=True, help="Replace images of an earlier run in --outdir (refused without).")
 @device_option()
 @click.option("--trust-pickle", is_flag=True, help="Execute code embedded in the pickle (trusted files only).")
 def main(network: str, seeds: list[int] | None, truncation_psi: float, class_idx: int | None, noise_mode: str,
          grid: tuple[int, int] | None, outdir: str, projected_w: str | None,
-         style_mix: tuple[list[int], list[int]] | None, styles: list[int], device,
+         style_mix: tuple[list[int], list[int]] | None, styles: list[int], overwrite: bool, device,
          trust_pickle: bool) -> None:
     """Generate images with a trained network.
 
@@ -91,10 +92,11 @@ def main(network: str, seeds: list[int] | None, truncation_psi: float, class_idx
     G = G.eval().requires_grad_(False).to(device)
     if seeds is not None:
         paths = gen.save_seed_images(G, seeds, outdir, truncation_psi=truncation_psi, class_idx=class_idx,
-                                     noise_mode=noise_mode, grid=grid)
+                                     noise_mode=noise_mode, grid=grid, overwrite=overwrite)
     elif projected_w is not None:
-        paths = gen.save_projected_images(G, gen.load_projected_w(projected_w, G), outdir, noise_mode=noise_mode)
+        paths = gen.save_projected_images(G, gen.load_projected_w(projected_w, G), outdir, noise_mode=noise_mode,
+                                          overwrite=overwrite)
     else:
-        paths = [gen.save_style_mix_grid(G, style_mix[0], style_mix[1], styles, outdir,
+        paths = [gen.save_style_mix_grid(G, style_mix[0], style_mix[1], styles, outdir, overwrite=overwrite,
                                          truncation_psi=truncation_psi, class_idx=class_idx, noise_mode=noise_mode)]
     click.echo(f"wrote {len(paths)} file(s) to {outdir}")

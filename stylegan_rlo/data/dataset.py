@@ -8,7 +8,6 @@ read at construction so bad data fails early with a message naming the file, and
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import threading
@@ -17,22 +16,38 @@ from typing import IO, Any
 
 import numpy as np
 import PIL.Image
+import PIL.ImageOps
 import torch
 
 from dnnlib.util import EasyDict
+from stylegan_rlo.checked_json import AnyValue, JsonFileError, List, Nullable, Obj, Str, Tuple, check, parse_json
 from stylegan_rlo.errors import UserError
+from stylegan_rlo.fileio import BoundedReadError, open_regular, read_bounded, read_zip_member
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
 LABELS_FILE = "dataset.json"
 MAX_LABELS_FILE_BYTES = 256 * 2**20  # dataset.json is read whole; a million labelled images need about 60 MB
 MAX_CLASSES = 2**16                  # class indices become one-hot vectors (and G's embedding) of this size at most
+# Vector labels are capped like one-hot ones: c_dim is the input width of G's and D's label embedding (c_dim x 512
+# weights each: 128 MiB at 2^16), and a 10^6-wide label would make every batch and the label table gigabytes.
+MAX_LABEL_DIM = MAX_CLASSES
+# All label values are held as float32 in every data-loading process: at most 2^25 of them (128 MiB), e.g. a
+# million images with 32-dimensional labels.
+MAX_LABEL_VALUES = 2**25
+# dataset.json: an object whose "labels" is null or a list of [name, label] (labels are checked by labels_array).
+LABELS_FILE_SPEC = Obj({"labels": Nullable(List(Tuple(Str(), AnyValue())))})
 
-# PIL modes we accept -> (channels, mode to convert to before handing out pixels).
+# PIL modes training accepts -> (channels, mode to convert to before handing out pixels).
 _MODE_CHANNELS = {
     "1": (1, "L"), "L": (1, "L"),
     "RGB": (3, "RGB"), "P": (3, "RGB"), "CMYK": (3, "RGB"), "YCbCr": (3, "RGB"),
 }
+GRAY_MODES = ("1", "L", "LA", "La")
+ALPHA_MODES = ("RGBA", "RGBa", "LA", "La", "PA")
+HIGH_DEPTH_MODES = ("I", "F", "I;16", "I;16L", "I;16B", "I;16N")
 _FIX_HINT = "convert the images with scripts/dataset_tool.py"
+_HIGH_DEPTH_HINT = ("16-bit and float images are read by neither training nor scripts/dataset_tool.py: convert it to "
+                    "8 bits per channel first (e.g. ImageMagick: magick IN.png -depth 8 OUT.png)")
 
 
 class DatasetError(UserError):
@@ -47,14 +62,37 @@ def is_image_name(name: str) -> bool:
     return os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
 
 
-def image_channels(mode: str, where: str) -> tuple[int, str]:
-    """Channel count and conversion target for a PIL mode; DatasetError for modes we cannot train on."""
+def has_transparency(img: PIL.Image.Image) -> bool:
+    """An alpha channel, or a transparent palette index / colour key (PNG tRNS, GIF), known from the header."""
+    return img.mode in ALPHA_MODES or "transparency" in img.info
+
+
+def image_channels(img: PIL.Image.Image, where: str) -> tuple[int, str]:
+    """Channel count and conversion target of an opened image (header only); DatasetError for images training
+    cannot use as they are: transparency (dataset_tool composites it), more than 8 bits, unknown modes."""
+    mode = img.mode
+    if mode in HIGH_DEPTH_MODES:
+        raise DatasetError(f"{where}: image mode {mode}: {_HIGH_DEPTH_HINT}")
+    if has_transparency(img):
+        raise DatasetError(f"{where}: image mode {mode} has an alpha channel or a transparent colour, which training "
+                           f"cannot use; {_FIX_HINT} (it composites transparency onto black)")
     if mode in _MODE_CHANNELS:
         return _MODE_CHANNELS[mode]
-    if mode in ("RGBA", "LA", "PA", "RGBa", "La"):
-        raise DatasetError(f"{where}: image mode {mode} has an alpha channel, which training cannot use; "
-                           f"{_FIX_HINT} (it composites transparency onto black)")
     raise DatasetError(f"{where}: image mode {mode} is not supported (only 8-bit grayscale or RGB); {_FIX_HINT}")
+
+
+def decode_image(img: PIL.Image.Image, gray: bool) -> PIL.Image.Image:
+    """The one decoder of training and dataset_tool: an opened image -> its pixels as 'L' (gray) or 'RGB', turned
+    upright by its EXIF orientation (as image viewers show it) and with any transparency composited onto black.
+    DatasetError for 16-bit or float images."""
+    if img.mode in HIGH_DEPTH_MODES:
+        raise DatasetError(f"image mode {img.mode}: {_HIGH_DEPTH_HINT}")
+    img = PIL.ImageOps.exif_transpose(img) or img
+    target = "L" if gray else "RGB"
+    if has_transparency(img):
+        rgba = img.convert("RGBA")
+        img = PIL.Image.alpha_composite(PIL.Image.new("RGBA", img.size, (0, 0, 0, 255)), rgba)
+    return img if img.mode == target else img.convert(target)
 
 
 class ImageFolderDataset(torch.utils.data.Dataset):
@@ -117,6 +155,8 @@ class ImageFolderDataset(torch.utils.data.Dataset):
                     names.add(rel.replace(os.sep, "/"))
             return names
         self._type = "zip"
+        if not os.path.isfile(self._path):  # a FIFO or device would block or never end
+            raise DatasetError(f"{self._path}: not a folder or a regular file (a ZIP archive is expected)")
         if not zipfile.is_zipfile(self._path):
             raise DatasetError(f"{self._path}: not a folder or a readable ZIP archive")
         try:
@@ -136,15 +176,25 @@ class ImageFolderDataset(torch.utils.data.Dataset):
         return zf
 
     def _open(self, name: str) -> IO[bytes]:
+        """A file of the dataset: only regular files of a folder (a FIFO or device would block or never end), and
+        ZIP members that are neither encrypted nor stored with a method zipfile lacks."""
         if self._type == "dir":
-            return open(os.path.join(self._path, *name.split("/")), "rb")
-        return self._zip().open(name, "r")
+            return open_regular(os.path.join(self._path, *name.split("/")), "dataset file")
+        info = self._zip().getinfo(name)
+        if info.flag_bits & 0x1:
+            raise DatasetError(f"member '{name}' of {self._path} is encrypted; rebuild the archive without a "
+                               f"password ({_FIX_HINT})")
+        return self._zip().open(info, "r")
 
-    def _file_size(self, name: str) -> int:
-        """Size in bytes of a file of the dataset (a ZIP member's declared size, which also bounds its reading)."""
-        if self._type == "dir":
-            return os.path.getsize(os.path.join(self._path, *name.split("/")))
-        return self._zip().getinfo(name).file_size
+    def _read_bytes(self, name: str, max_bytes: int) -> bytes:
+        """All of one file of the dataset, at most `max_bytes` (read, not trusted from st_size or the archive)."""
+        try:
+            if self._type == "zip":
+                return read_zip_member(self._zip(), name, max_bytes, self._path)
+            with self._open(name) as f:
+                return read_bounded(f, max_bytes, f"{name} in {self._path}")
+        except (BoundedReadError, OSError) as e:
+            raise DatasetError(str(e) if isinstance(e, BoundedReadError) else f"{name} in {self._path}: {e}") from e
 
     def _where(self, name: str) -> str:
         return f"image '{name}' in {self._path}"
@@ -169,9 +219,11 @@ class ImageFolderDataset(torch.utils.data.Dataset):
             try:
                 with self._open(name) as f, PIL.Image.open(f) as img:
                     (w, h), mode = img.size, img.mode
+                    channels, _ = image_channels(img, self._where(name))
+            except DatasetError:
+                raise
             except Exception as e:  # PIL raises many exception types for broken files
                 raise DatasetError(f"{self._where(name)} is not a readable image: {e}") from e
-            channels, _ = image_channels(mode, self._where(name))
             self._modes.append(mode)
             if w != h:
                 raise DatasetError(f"{self._where(name)} is {w}x{h}; images must be square. {_FIX_HINT} "
@@ -196,36 +248,11 @@ class ImageFolderDataset(torch.utils.data.Dataset):
         if LABELS_FILE not in self._all_names:
             return None
         where = f"{LABELS_FILE} in {self._path}"
-        check_labels_file_size(self._file_size(LABELS_FILE), where)
-        try:
-            with self._open(LABELS_FILE) as f:
-                meta = json.load(f)
-        except (ValueError, UnicodeDecodeError) as e:
-            raise DatasetError(f"{where} is not valid JSON: {e}") from e
-        if not isinstance(meta, dict) or "labels" not in meta:
-            raise DatasetError(f'{where} must be an object with a "labels" key')
-        entries = meta["labels"]
-        if entries is None:
+        table = read_labels_file(self._read_bytes(LABELS_FILE, MAX_LABELS_FILE_BYTES), where)
+        if table is None:
             return None
-        if not isinstance(entries, list):
-            raise DatasetError(f'{where}: "labels" must be a list of [name, label] pairs or null')
-        table: dict[str, Any] = {}
-        for entry in entries:
-            if not (isinstance(entry, list) and len(entry) == 2 and isinstance(entry[0], str)):
-                raise DatasetError(f"{where}: every labels entry must be [name, label], got {entry!r:.80}")
-            name = entry[0].replace("\\", "/")
-            if name in table:
-                raise DatasetError(f"{where}: '{name}' is labelled twice")
-            table[name] = entry[1]
-        images = set(self._image_names)
-        unknown = sorted(set(table) - images)
-        if unknown:
-            raise DatasetError(f"{where} labels {len(unknown)} image(s) that are not in the dataset, e.g. "
-                               f"'{unknown[0]}'")
-        missing = [n for n in self._image_names if n not in table]
-        if missing:
-            raise DatasetError(f"{where} has no label for {len(missing)} image(s), e.g. '{missing[0]}'")
-        return labels_array([table[n] for n in self._image_names], self._image_names, where)
+        values = match_labels(table, self._image_names, self._image_names, where)
+        return labels_array(values, self._image_names, where)
 
     # ---- official Dataset interface ----------------------------------------------------------------------------
 
@@ -234,8 +261,8 @@ class ImageFolderDataset(torch.utils.data.Dataset):
         name = self._image_names[raw_idx]
         try:
             with self._open(name) as f, PIL.Image.open(f) as img:
-                _, target = image_channels(img.mode, self._where(name))
-                pixels = np.asarray(img.convert(target) if img.mode != target else img)
+                channels, _ = image_channels(img, self._where(name))
+                pixels = np.asarray(decode_image(img, gray=channels == 1))
         except DatasetError:
             raise
         except Exception as e:  # PIL raises OSError, SyntaxError, ValueError, zlib errors... for corrupt data
@@ -312,11 +339,39 @@ class ImageFolderDataset(torch.utils.data.Dataset):
 _ZIP_LOCK = threading.Lock()
 
 
-def check_labels_file_size(size: int, where: str) -> None:
-    """DatasetError for a labels file too large to read whole (MAX_LABELS_FILE_BYTES)."""
-    if size > MAX_LABELS_FILE_BYTES:
-        raise DatasetError(f"{where} is {size} bytes; a labels file may have at most {MAX_LABELS_FILE_BYTES} "
-                           f"(about 4 million labelled images); rebuild the dataset with scripts/dataset_tool.py")
+def read_labels_file(data: bytes, where: str) -> dict[str, Any] | None:
+    """The label rules of training and dataset_tool, for the bytes of a dataset.json: {image name: label}, or None
+    for "labels": null. DatasetError for JSON that is invalid or too deep, a file that is not an object with a
+    "labels" key holding null or a list of [name, label], or a name labelled twice. The labels themselves are
+    checked by labels_array."""
+    try:
+        meta = parse_json(data, where, allow_nonfinite=True)  # labels_array names the image of a NaN label
+        check(meta, LABELS_FILE_SPEC, where)
+    except JsonFileError as e:
+        raise DatasetError(f'{e}; expected {{"labels": [[name, label], ...]}} or {{"labels": null}}') from e
+    if meta["labels"] is None:
+        return None
+    table: dict[str, Any] = {}
+    for i, (name, label) in enumerate(meta["labels"]):
+        name = name.replace("\\", "/")
+        if name in table:
+            raise DatasetError(f"{where}: '{name}' is labelled twice (field labels[{i}])")
+        table[name] = label
+    return table
+
+
+def match_labels(table: dict[str, Any], all_images: list[str], images: list[str], where: str) -> list[Any]:
+    """The labels of `images` in order; DatasetError when the table labels a name that is none of `all_images` (the
+    dataset's image files) or lacks one of `images` (those to be used)."""
+    known = set(all_images)
+    unknown = sorted(n for n in table if n not in known)
+    if unknown:
+        raise DatasetError(f"{where} labels {len(unknown)} image(s) that are not in the dataset, e.g. "
+                           f"'{unknown[0]}'")
+    missing = [n for n in images if n not in table]
+    if missing:
+        raise DatasetError(f"{where} has no label for {len(missing)} image(s), e.g. '{missing[0]}'")
+    return [table[n] for n in images]
 
 
 def labels_array(values: list[Any], names: list[str], where: str) -> np.ndarray:
@@ -328,6 +383,10 @@ def labels_array(values: list[Any], names: list[str], where: str) -> np.ndarray:
     def kind(v: Any) -> str:
         if is_number(v):
             return "index" if 0 <= v < MAX_CLASSES and v == int(v) else "bad"
+        if isinstance(v, list) and len(v) > MAX_LABEL_DIM:
+            raise DatasetError(f"{where}: label of '{names[values.index(v)]}' is a list of {len(v)} numbers; labels "
+                               f"may have at most {MAX_LABEL_DIM} dimensions (the width of the networks' label "
+                               f"embedding)")
         if isinstance(v, list) and all(is_number(x) for x in v):
             return f"vector{len(v)}"
         return "bad"
@@ -340,6 +399,9 @@ def labels_array(values: list[Any], names: list[str], where: str) -> np.ndarray:
                                f"(first label: {values[0]!r:.80})")
     if kinds[0] == "index":
         return np.array([int(v) for v in values], dtype=np.int64)
+    if len(values) * len(values[0]) > MAX_LABEL_VALUES:
+        raise DatasetError(f"{where}: {len(values)} labels of {len(values[0])} numbers are more than the "
+                           f"{MAX_LABEL_VALUES} label values held in memory; use fewer images or dimensions")
     with np.errstate(over="ignore"):
         vectors = np.array(values, dtype=np.float32).reshape(len(values), -1)
     if not np.isfinite(vectors).all():

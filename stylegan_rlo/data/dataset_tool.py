@@ -5,8 +5,10 @@ Output is all-or-nothing: a ZIP goes through a temp file and a folder through a 
 only after the last image, so an error or Ctrl-C never leaves a half-written dataset behind.
 
 Channels: the output is grayscale (1 channel) when every source image is grayscale, otherwise RGB (grayscale
-images are replicated into 3 channels). Transparent pixels are composited onto black. 16-bit and float images
-are refused (convert them to 8-bit first).
+images are replicated into 3 channels). Pixels are decoded by training's decoder (dataset.decode_image): EXIF
+orientation applied, transparent pixels (alpha or a transparent palette colour) composited onto black, 16-bit and
+float images refused (convert them to 8-bit first). Labels follow training's rules (dataset.read_labels_file and
+dataset.labels_array), checked before anything is written.
 """
 
 from __future__ import annotations
@@ -28,16 +30,16 @@ import numpy as np
 import PIL.Image
 from tqdm import tqdm
 
-from stylegan_rlo.data.dataset import LABELS_FILE, DatasetError, check_labels_file_size, is_image_name, labels_array
+from stylegan_rlo.data.dataset import (
+    GRAY_MODES, LABELS_FILE, MAX_LABEL_DIM, MAX_LABELS_FILE_BYTES, DatasetError, decode_image, is_image_name,
+    labels_array, match_labels, read_labels_file,
+)
 from stylegan_rlo.errors import UserError
-from stylegan_rlo.fileio import atomic_write
+from stylegan_rlo.fileio import BoundedReadError, atomic_write, open_regular, read_regular_bytes, read_zip_member
 
 TRANSFORMS = ("center-crop", "center-crop-wide", "box-crop", "pad")
 RESIZE_FILTERS = {"box": PIL.Image.Resampling.BOX, "lanczos": PIL.Image.Resampling.LANCZOS}
 ON_ERROR = ("skip", "stop")
-GRAY_MODES = ("1", "L", "LA", "La")
-ALPHA_MODES = ("RGBA", "RGBa", "LA", "La", "PA")
-HIGH_DEPTH_MODES = ("I", "F", "I;16", "I;16L", "I;16B", "I;16N")
 
 
 class DatasetToolError(UserError):
@@ -106,8 +108,11 @@ class _FileSource(ImageSource):
     def _open_file(self, name: str) -> Any:
         raise NotImplementedError
 
-    def _file_size(self, name: str) -> int | None:
-        """Size in bytes of a file of the source; None when there is no such file."""
+    def _has_file(self, name: str) -> bool:
+        raise NotImplementedError
+
+    def _read_bytes(self, name: str, max_bytes: int) -> bytes:
+        """All of one file of the source, at most `max_bytes`; BoundedReadError otherwise."""
         raise NotImplementedError
 
     def read(self, item: SourceItem) -> PIL.Image.Image:
@@ -129,40 +134,29 @@ class _FileSource(ImageSource):
 
     def _setup(self, names: list[str], labels: bool, policy: ErrorPolicy, where: str) -> None:
         """Probe headers and attach labels (the source's dataset.json, else top-level sub-folder names)."""
-        names, _ = self._probe(sorted(names), policy)
+        all_names = sorted(names)
+        names, _ = self._probe(all_names, policy)
         if not labels:  # the labels file is not even read
-            self.dropped_labels = self._file_size(LABELS_FILE) is not None
+            self.dropped_labels = self._has_file(LABELS_FILE)
             self.items = [SourceItem(n, n) for n in names]
             return
         stored = self._stored_labels(where)
         if stored is not None:
-            missing = [n for n in names if n not in stored]
-            if missing:
-                raise DatasetToolError(f"{LABELS_FILE} in {where} has no label for {len(missing)} image(s), e.g. "
-                                       f"'{missing[0]}'")
-            self.items = [SourceItem(n, n, stored[n]) for n in names]
+            try:
+                values = match_labels(stored, all_names, names, f"{LABELS_FILE} in {where}")
+            except DatasetError as e:
+                raise DatasetToolError(str(e)) from e
+            self.items = [SourceItem(n, n, v) for n, v in zip(names, values)]
         else:
             self.items, self.class_names = _labels_from_folders(names, where)
 
     def _stored_labels(self, where: str) -> dict[str, Any] | None:
-        size = self._file_size(LABELS_FILE)
-        if size is None:
+        if not self._has_file(LABELS_FILE):
             return None
         try:
-            check_labels_file_size(size, f"{LABELS_FILE} in {where}")
-            with self._open_file(LABELS_FILE) as f:
-                meta = json.load(f)
-        except DatasetError as e:
+            return read_labels_file(self._read_bytes(LABELS_FILE, MAX_LABELS_FILE_BYTES), f"{LABELS_FILE} in {where}")
+        except (DatasetError, BoundedReadError) as e:
             raise DatasetToolError(str(e)) from e
-        except ValueError as e:
-            raise DatasetToolError(f"{LABELS_FILE} in {where} is not valid JSON: {e}") from e
-        entries = meta.get("labels") if isinstance(meta, dict) else None
-        if entries is None:
-            return None
-        try:
-            return {str(name).replace("\\", "/"): label for name, label in entries}
-        except (TypeError, ValueError) as e:
-            raise DatasetToolError(f'{LABELS_FILE} in {where}: "labels" must be a list of [name, label]') from e
 
 
 def _labels_from_folders(names: list[str], where: str) -> tuple[list[SourceItem], list[str]]:
@@ -186,16 +180,18 @@ class FolderSource(_FileSource):
             rel = os.path.relpath(folder, root)
             for fname in files:
                 name = fname if rel == "." else os.path.join(rel, fname).replace(os.sep, "/")
-                if is_image_name(name) and os.path.isfile(os.path.join(folder, fname)):
+                if is_image_name(name):  # a FIFO or device is refused when read, as training refuses it
                     names.append(name)
         self._setup(names, labels, policy, root)
 
     def _open_file(self, name: str) -> Any:
-        return open(os.path.join(self.root, *name.split("/")), "rb")
+        return open_regular(os.path.join(self.root, *name.split("/")), "source file")
 
-    def _file_size(self, name: str) -> int | None:
-        path = os.path.join(self.root, *name.split("/"))
-        return os.path.getsize(path) if os.path.isfile(path) else None
+    def _has_file(self, name: str) -> bool:
+        return os.path.lexists(os.path.join(self.root, *name.split("/")))
+
+    def _read_bytes(self, name: str, max_bytes: int) -> bytes:
+        return read_regular_bytes(os.path.join(self.root, *name.split("/")), max_bytes, "source file")
 
 
 _UNSAFE_MEMBER = re.compile(r"^([/\\]|[A-Za-z]:)|(^|[/\\])\.\.([/\\]|$)")
@@ -205,6 +201,7 @@ class ZipSource(_FileSource):
     """Every image member of a ZIP archive. Archives with absolute or '..' member paths are refused."""
 
     def __init__(self, path: str, labels: bool, policy: ErrorPolicy) -> None:
+        self.path = path
         try:
             self.zf = zipfile.ZipFile(path)
         except (zipfile.BadZipFile, OSError) as e:
@@ -219,13 +216,15 @@ class ZipSource(_FileSource):
         self._setup(names, labels, policy, path)
 
     def _open_file(self, name: str) -> Any:
+        if self.zf.getinfo(name).flag_bits & 0x1:
+            raise BoundedReadError(f"member '{name}' of {self.path} is encrypted")
         return self.zf.open(name)
 
-    def _file_size(self, name: str) -> int | None:
-        try:
-            return self.zf.getinfo(name).file_size
-        except KeyError:
-            return None
+    def _has_file(self, name: str) -> bool:
+        return name in self.zf.NameToInfo
+
+    def _read_bytes(self, name: str, max_bytes: int) -> bytes:
+        return read_zip_member(self.zf, name, max_bytes, self.path)
 
     def close(self) -> None:
         self.zf.close()
@@ -292,6 +291,9 @@ def _label_values(labels: np.ndarray, n: int, path: str) -> list[Any]:
             raise DatasetToolError(f"{path}: class labels must be >= 0, found {labels.min()}")
         return [int(v) for v in labels]
     if labels.ndim == 2 and np.issubdtype(labels.dtype, np.number):
+        if labels.shape[1] > MAX_LABEL_DIM:  # refused before n x D Python floats are made
+            raise DatasetToolError(f"{path}: labels have {labels.shape[1]} dimensions; at most {MAX_LABEL_DIM} (the "
+                                   f"width of the networks' label embedding)")
         return [[float(x) for x in row] for row in labels]
     raise DatasetToolError(f"{path}: labels have shape {labels.shape} and dtype {labels.dtype}; expected "
                            f"integer [N] class indices or float [N, D] vectors")
@@ -365,6 +367,8 @@ def open_source(path: str, *, labels: bool, box_crop: bool, policy: ErrorPolicy)
         return FolderSource(os.path.join(path, "Images"), labels, policy)
     if os.path.isdir(path):
         return FolderSource(path, labels, policy)
+    if not os.path.isfile(path):  # a FIFO or device would block or never end
+        raise DatasetToolError(f"{path}: not a folder or a regular file")
     ext = os.path.splitext(path)[1].lower()
     if ext == ".zip":
         return ZipSource(path, labels, policy)
@@ -377,14 +381,11 @@ def open_source(path: str, *, labels: bool, box_crop: bool, policy: ErrorPolicy)
 # ---- pixels ------------------------------------------------------------------------------------------------------
 
 def to_output_mode(img: PIL.Image.Image, gray: bool) -> PIL.Image.Image:
-    """Convert to 'L' (gray) or 'RGB', compositing any transparency onto black; ItemError for >8-bit images."""
-    if img.mode in HIGH_DEPTH_MODES:
-        raise ItemError(f"image mode {img.mode} (16-bit or float) is not supported; convert it to 8-bit")
-    target = "L" if gray else "RGB"
-    if img.mode in ALPHA_MODES or "transparency" in img.info:
-        rgba = img.convert("RGBA")
-        img = PIL.Image.alpha_composite(PIL.Image.new("RGBA", img.size, (0, 0, 0, 255)), rgba)
-    return img if img.mode == target else img.convert(target)
+    """Convert to 'L' (gray) or 'RGB' with training's decoder (dataset.decode_image); ItemError for >8-bit images."""
+    try:
+        return decode_image(img, gray)
+    except DatasetError as e:
+        raise ItemError(str(e)) from e
 
 
 def square_around_box(box: tuple[int, int, int, int], width: int, height: int) -> tuple[int, int, int]:

@@ -5,6 +5,10 @@ byte-identical PNGs with either code base: z = `np.random.RandomState(seed).rand
 tensor (the mapping network converts it), one image per call (the fused modulated convolution of fp16 blocks depends
 on the batch size), the network's own precision (fp16 blocks run in fp16 on the CPU as well; forcing fp32 changes
 about 3% of the pixels by one level), and upstream's pixel conversion (see official_pixels).
+
+Each image is written (atomically) as soon as it exists, so memory stays flat with the number of seeds and an
+interrupted run keeps every image written so far; grids and the style-mixing table are held in memory whole and are
+refused above MAX_GRID_BYTES. Existing files are replaced only with `overwrite`.
 """
 
 from __future__ import annotations
@@ -18,10 +22,15 @@ import numpy as np
 import torch
 
 from stylegan_rlo.errors import UserError
-from stylegan_rlo.images import save_image_grid, save_png
+from stylegan_rlo.fileio import BoundedReadError, open_regular
+from stylegan_rlo.images import grid_bytes, save_image_grid, save_png
 
 NOISE_MODES = ("const", "random", "none")
 MAX_LIST_ITEMS = 1_000_000  # values in one --seeds (or similar) list; each one is an image to make
+# A grid PNG (--grid, --style-mix) is built whole in memory with its tiles (the style-mixing table as float32, 4x
+# more): 256 MiB of uint8 pixels at most, e.g. an 8x8 grid of 1024x1024 RGB images (about 200 MiB); larger grids
+# are refused before anything is generated.
+MAX_GRID_BYTES = 2**28
 
 
 class GenerateError(UserError):
@@ -118,41 +127,69 @@ def synthesize_ws(G: torch.nn.Module, ws: torch.Tensor | np.ndarray, *, noise_mo
     return torch.cat([G.synthesis(ws[i:i + batch].to(device), **kwargs) for i in range(0, len(ws), batch)]).float()
 
 
+def check_grid_size(G: torch.nn.Module, cols: int, rows: int, option: str) -> None:
+    """GenerateError, before any work, when a cols x rows grid of G's images would exceed MAX_GRID_BYTES."""
+    res, channels = int(G.img_resolution), int(G.img_channels)
+    size = grid_bytes(res, res, channels, cols, rows, labelled=True)
+    if size > MAX_GRID_BYTES:
+        raise GenerateError(f"{option}: a {cols}x{rows} grid of {res}x{res} images would take {size / 2**20:.0f} MiB "
+                            f"of memory; grids may take at most {MAX_GRID_BYTES // 2**20} MiB (the grid is built "
+                            f"whole before it is written). Use a smaller grid: every image is also written on its "
+                            f"own")
+
+
+def _check_new_files(paths: Sequence[str], overwrite: bool) -> None:
+    """GenerateError when files to write exist and `overwrite` is off (a second run must not silently replace the
+    images of the first)."""
+    existing = [p for p in paths if os.path.lexists(p)] if not overwrite else []
+    if existing:
+        raise GenerateError(f"{len(existing)} of the {len(paths)} files to write exist already, e.g. {existing[0]}; "
+                            f"pass --overwrite to replace them, or choose another --outdir")
+
+
 def save_seed_images(G: torch.nn.Module, seeds: Sequence[int], outdir: str, *, truncation_psi: float = 1.0,
                      class_idx: int | None = None, noise_mode: str = "const",
-                     grid: tuple[int, int] | None = None) -> list[str]:
-    """Write seedNNNN.png per seed (and grid.png labelled with the seeds when `grid` is given); returns paths."""
+                     grid: tuple[int, int] | None = None, overwrite: bool = False) -> list[str]:
+    """Write seedNNNN.png per seed, each as soon as it is made (and grid.png labelled with the seeds when `grid` is
+    given); returns the paths. Everything is checked before the first image is made."""
     if not seeds:
         raise GenerateError("no seeds given")
     if grid is not None and grid[0] * grid[1] < len(seeds):
         raise GenerateError(f"--grid {grid[0]}x{grid[1]} holds {grid[0] * grid[1]} images but {len(seeds)} seeds "
                             f"were given; use a grid with at least {len(seeds)} cells or fewer seeds")
+    if grid is not None:
+        check_grid_size(G, grid[0], grid[1], "--grid")
     _check_noise_mode(noise_mode)
+    paths = [os.path.join(outdir, f"seed{seed:04d}.png") for seed in seeds]
+    grid_path = [os.path.join(outdir, "grid.png")] if grid is not None else []
+    _check_new_files(paths + grid_path, overwrite)
     device = next(G.parameters()).device
     c = class_labels(G, class_idx, len(seeds)).to(device)
-    with torch.no_grad():
-        pixels = np.concatenate([
-            official_pixels(G(torch.from_numpy(seed_latents([seed], int(G.z_dim))).to(device), c[i:i + 1],
-                              truncation_psi=truncation_psi, noise_mode=noise_mode))
-            for i, seed in enumerate(seeds)])
-    paths = [os.path.join(outdir, f"seed{seed:04d}.png") for seed in seeds]
-    for img, path in zip(pixels, paths):
+    tiles = []  # kept only for the grid, whose size is bounded by MAX_GRID_BYTES
+    for i, (seed, path) in enumerate(zip(seeds, paths)):
+        with torch.no_grad():
+            img = official_pixels(G(torch.from_numpy(seed_latents([seed], int(G.z_dim))).to(device), c[i:i + 1],
+                                    truncation_psi=truncation_psi, noise_mode=noise_mode))[0]
         save_png(img, path)
+        if grid is not None:
+            tiles.append(img)
     if grid is not None:
-        paths.append(os.path.join(outdir, "grid.png"))
-        save_image_grid(pixels.transpose(0, 3, 1, 2), paths[-1], grid, drange=(0, 255),
+        save_image_grid(np.stack(tiles).transpose(0, 3, 1, 2), grid_path[0], grid, drange=(0, 255),
                         labels=[str(s) for s in seeds])
-    return paths
+    return paths + grid_path
 
 
 def load_projected_w(path: str, G: torch.nn.Module) -> np.ndarray:
     """The 'w' array [N, num_ws, w_dim] of a projector .npz, checked against G."""
     try:
-        data = np.load(path, allow_pickle=False)
-        arrays = None
-        if isinstance(data, np.lib.npyio.NpzFile):
-            with data:
-                arrays = {k: data[k] for k in data.keys()}
+        with open_regular(path, "--projected-w file") as f:
+            data = np.load(f, allow_pickle=False)
+            arrays = None
+            if isinstance(data, np.lib.npyio.NpzFile):
+                with data:
+                    arrays = {k: data[k] for k in data.keys()}
+    except BoundedReadError:
+        raise
     except (OSError, ValueError, zipfile.BadZipFile) as e:
         raise GenerateError(f"{path}: not a readable .npz file ({e})") from e
     if arrays is None or "w" not in arrays:
@@ -165,17 +202,18 @@ def load_projected_w(path: str, G: torch.nn.Module) -> np.ndarray:
     return ws
 
 
-def save_projected_images(G: torch.nn.Module, ws: np.ndarray, outdir: str, *, noise_mode: str = "const") -> list[str]:
-    """Write projNN.png for every w in `ws` (one synthesis call each, as upstream); returns the paths."""
+def save_projected_images(G: torch.nn.Module, ws: np.ndarray, outdir: str, *, noise_mode: str = "const",
+                          overwrite: bool = False) -> list[str]:
+    """Write projNN.png for every w in `ws` (one synthesis call each, as upstream), each as soon as it is made;
+    returns the paths."""
     _check_noise_mode(noise_mode)
+    paths = [os.path.join(outdir, f"proj{i:02d}.png") for i in range(len(ws))]
+    _check_new_files(paths, overwrite)
     device = next(G.parameters()).device
-    ws = torch.as_tensor(np.asarray(ws), dtype=torch.float32)
-    with torch.no_grad():
-        pixels = np.concatenate([official_pixels(G.synthesis(w[None].to(device), noise_mode=noise_mode))
-                                 for w in ws])
-    paths = [os.path.join(outdir, f"proj{i:02d}.png") for i in range(len(pixels))]
-    for img, path in zip(pixels, paths):
-        save_png(img, path)
+    for w, path in zip(ws, paths):
+        with torch.no_grad():
+            w = torch.as_tensor(np.asarray(w), dtype=torch.float32)
+            save_png(official_pixels(G.synthesis(w[None].to(device), noise_mode=noise_mode))[0], path)
     return paths
 
 
@@ -192,6 +230,7 @@ def style_mix_images(G: torch.nn.Module, row_seeds: Sequence[int], col_seeds: Se
                             f"this network")
     if not row_seeds or not col_seeds:
         raise GenerateError("style mixing needs at least one row seed and one column seed")
+    check_grid_size(G, len(col_seeds) + 1, len(row_seeds) + 1, "--style-mix")
     device = next(G.parameters()).device
     seeds = list(row_seeds) + list(col_seeds)
     z = torch.as_tensor(seed_latents(seeds, int(G.z_dim)), dtype=torch.float32, device=device)
@@ -210,8 +249,9 @@ def style_mix_images(G: torch.nn.Module, row_seeds: Sequence[int], col_seeds: Se
 
 
 def save_style_mix_grid(G: torch.nn.Module, row_seeds: Sequence[int], col_seeds: Sequence[int],
-                        styles: Sequence[int], outdir: str, **kwargs) -> str:
+                        styles: Sequence[int], outdir: str, overwrite: bool = False, **kwargs) -> str:
     """Write stylemix.png (see style_mix_images), tiles labelled 'row-col' by seed; returns its path."""
+    _check_new_files([os.path.join(outdir, "stylemix.png")], overwrite)
     imgs = style_mix_images(G, row_seeds, col_seeds, styles, **kwargs)
     labels = [""] + [str(c) for c in col_seeds]
     for r in row_seeds:
