@@ -1,5 +1,6 @@
-"""`scripts/calc_fid.py`: FID/KID of a network pickle against a dataset, or of one dataset against another.
-Options are parsed and checked here; the work is stylegan_rlo.evaluation.metrics."""
+"""`scripts/calc_fid.py`: FID/KID of a network pickle against a dataset (its training data, or held-out images with
+--ref), or of one dataset against another. Options are parsed and checked here; the work is
+stylegan_rlo.evaluation.metrics."""
 
 from __future__ import annotations
 
@@ -36,46 +37,63 @@ def run_dir_of(network: str) -> str | None:
 
 @command()
 @click.option("--network", metavar="PKL", help="Network pickle (its G_ema is evaluated).")
-@click.option("--data", required=True, metavar="PATH", help="Dataset (.zip or folder): the real images.")
-@click.option("--ref", metavar="PATH", help="Second dataset instead of --network: FID/KID of --data against it.")
+@click.option("--data", required=True, metavar="PATH",
+              help="Dataset (.zip or folder): the real images; with --network, the training data.")
+@click.option("--ref", metavar="PATH", help="Reference dataset. Without --network: compare --data against it. With "
+              "--network: held-out images; the metrics compare the generated images with them, and "
+              "mem50k_inception takes them as its held-out set.")
 @click.option("--metrics", "metric_names", default="fid50k_full", show_default=True, callback=_parse_metrics,
-              metavar="LIST", help="Comma-separated: fid50k_full, kid50k_full (or fid, kid), pr50k3_inception.")
+              metavar="LIST", help="Comma-separated: fid50k_full, kid50k_full (or fid, kid), pr50k3_inception, "
+              "mem50k_inception.")
 @click.option("--num", type=click.IntRange(min=2), metavar="N", help="Generated images [default: 50000].")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of latents, labels, noise and KID subsets.")
-@click.option("--mirror", is_flag=True, help="Add x-flipped copies of the dataset images (as training with --mirror).")
+@click.option("--mirror", is_flag=True, help="Add x-flipped copies of --data's images (as training with --mirror); "
+              "without --network, of --ref's too.")
 @device_option()
 @click.option("--batch", type=click.IntRange(min=1), default=64, show_default=True, help="Images per batch.")
 @click.option("--inception-weights", metavar="FILE",
               help="torch-fidelity inception-v3-compat weights [default: the file `make setup` converts].")
 @click.option("--trust-pickle", is_flag=True, help="Execute code embedded in the pickle (trusted files only).")
 @click.option("--verbose", is_flag=True, help="Show torch-fidelity's progress on stderr.")
+@click.option("--nn-picture", metavar="PNG", help="Also write this picture: the generated images (or --data's, "
+              "without --network) nearest to the training data (--ref's, without --network), each with its 3 "
+              "nearest training images and their distances.")
 def main(network: str | None, data: str, ref: str | None, metric_names: list[str], num: int | None, seed: int,
          mirror: bool, device, batch: int, inception_weights: str | None, trust_pickle: bool,
-         verbose: bool) -> None:
+         verbose: bool, nn_picture: str | None) -> None:
     """Compute FID/KID and print one JSON line per metric (the official metric-*.jsonl record).
 
     \b
     Examples:
       python scripts/calc_fid.py --network runs/00000-dogs/network-snapshot-000200.pkl --data dogs.zip --num 5000
+      python scripts/calc_fid.py --network snap.pkl --data dogs.zip --ref heldout.zip --metrics fid,mem50k_inception
       python scripts/calc_fid.py --data half_a.zip --ref half_b.zip --metrics fid,kid
     """
     # start-up: torch and torch-fidelity load only once the command runs (fast --help)
     from stylegan_rlo.checkpoints.pickles import load_network_pkl
-    from stylegan_rlo.evaluation.metrics import evaluate_datasets, evaluate_snapshot
+    from stylegan_rlo.evaluation.metrics import MEM_METRIC, evaluate_datasets, evaluate_snapshot
 
-    if (network is None) == (ref is None):
-        raise click.UsageError("give exactly one of --network PKL (generator vs data) or --ref PATH (data vs data)")
-    if ref is not None and num is not None:
+    if network is None and ref is None:
+        raise click.UsageError("give --network PKL (a generator against --data), --ref PATH (--data against another "
+                               "dataset), or both (a generator against held-out images --ref; --data is its "
+                               "training data)")
+    if network is None and num is not None:
         raise click.BadParameter("only applies to --network (the generated image count)", param_hint="--num")
-    common = dict(metrics=metric_names, mirror=mirror, device=device, seed=seed, batch=batch,
-                  inception_weights=inception_weights, verbose=verbose)
-    if ref is not None:
-        records = evaluate_datasets(data, ref, **common)
+    if network is not None and ref is None and MEM_METRIC in metric_names:
+        raise click.UsageError(f"--metrics {MEM_METRIC} with --network needs --ref HELD_OUT: images of the data that "
+                               f"the network was not trained on, whose distances to the training data (--data) "
+                               f"calibrate how near a generated image may come")
+    common = dict(metrics=metric_names, device=device, seed=seed, batch=batch, inception_weights=inception_weights,
+                  verbose=verbose, nn_picture=nn_picture)
+    if network is None:
+        records = evaluate_datasets(data, ref, mirror=mirror, **common)
     else:
         G = load_network_pkl(network, trust_pickle=trust_pickle)["G_ema"]
         if G is None:
             raise UserError(f"{network} has no G_ema network to evaluate")
-        records = evaluate_snapshot(G, data=data, num_gen=num, snapshot_pkl=network, run_dir=run_dir_of(network),
-                                    **common)
+        # With --ref the metrics compare with the held-out images as they are, as training's --metric-data does.
+        records = evaluate_snapshot(G, data=data if ref is None else ref, mirror=mirror and ref is None,
+                                    training_data=data, training_mirror=mirror, num_gen=num, snapshot_pkl=network,
+                                    run_dir=run_dir_of(network), **common)
     for record in records:
         click.echo(json.dumps(record))

@@ -6,6 +6,8 @@ generated images (or `num_gen`) with the full dataset, and every result is one J
 `metric-<name>.jsonl`. `pr50k3_inception` is the k-NN precision and recall (Kynkaanniemi et al. 2019, k=3) on the
 same Inception pool features; its record holds two results, `pr50k3_inception_precision` and
 `pr50k3_inception_recall` (as the official `pr50k3_full`, which uses VGG16 features and is not offered).
+`mem50k_inception` is the memorization check of evaluation.memorization on the same features: the fraction of
+generated images nearer to a training image than most held-out images are (about 0.05 when nothing is copied).
 
 Dataset features and FID statistics are cached under a key made of the image content, the sha256 of the Inception
 weights file and the mirror flag, in $DNNLIB_CACHE_DIR/stylegan_rlo-metrics (default ~/.cache/dnnlib/...), by
@@ -40,6 +42,8 @@ from stylegan_rlo.errors import UserError
 from stylegan_rlo.evaluation.generate import generate_images
 from stylegan_rlo.evaluation.inception_weights import (EXTRACTOR_NAME, feature_extractor, resolve_weights_path,
                                                        sha256_file)
+from stylegan_rlo.evaluation.memorization import METRIC_NAME as MEM_METRIC
+from stylegan_rlo.evaluation.memorization import memorization, write_nearest_neighbour_picture
 from stylegan_rlo.evaluation.metrics_cache import cached_tensors
 from stylegan_rlo.fileio import append_line
 from stylegan_rlo.images import to_uint8
@@ -55,6 +59,7 @@ METRIC_SPECS = {
     "fid50k_full": _Spec(50000),
     "kid50k_full": _Spec(50000),
     PR_METRIC: _Spec(50000, (f"{PR_METRIC}_precision", f"{PR_METRIC}_recall")),
+    MEM_METRIC: _Spec(50000),
 }
 METRIC_NAMES = tuple(METRIC_SPECS)
 METRIC_ALIASES = {"fid": "fid50k_full", "kid": "kid50k_full"}
@@ -309,11 +314,25 @@ class _Input:
 CPU_MEMORY_FORMAT = torch.channels_last
 
 
+def _image_groups(images: RealImages) -> torch.Tensor:
+    """The stored image each item of a dataset shows (an image and its x-flip share one): int64 [N]."""
+    return torch.tensor([images.dataset.get_details(i).raw_idx for i in range(len(images))])
+
+
+class _Training(NamedTuple):
+    """The training set of the memorization metric and the nearest-neighbour picture: images, cache entry name."""
+    images: torch.utils.data.Dataset
+    cache_name: str
+
+
 def _measure(input1: torch.utils.data.Dataset, input2: torch.utils.data.Dataset, names: list[str], *,
              cache_name1: str | None, cache_name2: str, device: torch.device, batch: int, seed: int,
-             weights_path: str, verbose: bool) -> dict[str, dict[str, float]]:
+             weights_path: str, verbose: bool, training: _Training | None = None,
+             nn_picture: str | None = None) -> dict[str, dict[str, float]]:
     """All requested metrics of input1 against input2 -> {metric name: {result name: value}} (one feature pass per
-    input, shared by all metrics)."""
+    input, shared by all metrics). Memorization and the nearest-neighbour picture search input1's neighbours in
+    `training`, calibrated by input2 as the held-out set; without `training`, in input2, calibrated leave-one-out
+    within input2 (an image and its x-flip are one image there)."""
     n1, n2 = len(input1), len(input2)
     if min(n1, n2) < 2:
         raise MetricError(f"the metrics need at least 2 images on each side, got {n1} and {n2}")
@@ -336,6 +355,18 @@ def _measure(input1: torch.utils.data.Dataset, input2: torch.utils.data.Dataset,
             # Pairwise distances gen-gen, real-real and gen-real (twice), in blocks, on the evaluation device.
             precision, recall = precision_recall(a.features.to(device), b.features.to(device))
             values.update(zip(METRIC_SPECS[PR_METRIC].results, (precision, recall)))
+        t = b if training is None or training.cache_name == cache_name2 else \
+            _Input(training.images, training.cache_name, extractor, cuda, batch, verbose)
+        mem = None
+        if MEM_METRIC in names:
+            mem = memorization(a.features.to(device), t.features.to(device),
+                               None if training is None else b.features.to(device),
+                               training_groups=None if training is not None else _image_groups(b.images))
+            values[MEM_METRIC] = mem.fraction
+        if nn_picture is not None:
+            write_nearest_neighbour_picture(nn_picture, a.images, a.features.to(device), t.images,
+                                            t.features.to(device), threshold=None if mem is None else mem.threshold,
+                                            nearest=None if mem is None else mem.nearest)
     return {n: {key: float(values[key]) for key in result_names([n])} for n in names}
 
 
@@ -363,24 +394,45 @@ def _checked_names(metrics: Sequence[str], batch: int) -> list[str]:
     return names
 
 
+def _training_set(training_data: str | None, training_mirror: bool, data: str, names: list[str],
+                  nn_picture: str | None, weights_path: str) -> _Training | None:
+    """The training set of the memorization metric and the picture (None when neither is asked for)."""
+    if training_data is None and MEM_METRIC in names:
+        raise MetricError(f"{MEM_METRIC} compares the generated images' distances to the training set with those of "
+                          f"held-out images ({data}), so it needs the training set as well (calc_fid: --data "
+                          f"TRAINING --ref HELD_OUT; training: --metric-data HELD_OUT)")
+    if training_data is None and nn_picture is not None:
+        raise MetricError("the nearest-neighbour picture needs the training set to search (training_data)")
+    if training_data is None or (MEM_METRIC not in names and nn_picture is None):
+        return None
+    dataset = ImageFolderDataset(training_data, xflip=training_mirror)
+    return _Training(RealImages(dataset), dataset_cache_name(dataset, weights_path, training_mirror))
+
+
 def evaluate_snapshot(G: torch.nn.Module, *, metrics: Sequence[str], data: str, num_gen: int | None = None,
                       mirror: bool = False, device: str | torch.device = "cpu", seed: int = 0, batch: int = 64,
                       snapshot_pkl: str | None = None, run_dir: str | None = None,
-                      inception_weights: str | None = None, verbose: bool = False) -> list[dict]:
+                      inception_weights: str | None = None, verbose: bool = False, training_data: str | None = None,
+                      training_mirror: bool = False, nn_picture: str | None = None) -> list[dict]:
     """Compare G's images (num_gen, default 50k) with the whole dataset `data` (x-flipped copies added with
     `mirror`); one record per metric, also appended to run_dir/metric-<name>.jsonl when run_dir is given.
-    `snapshot_pkl` is stored relative to run_dir when inside it. Same seed and batch give the same values."""
+    `snapshot_pkl` is stored relative to run_dir when inside it. Same seed and batch give the same values.
+    The memorization metric needs `training_data` (x-flipped copies added with `training_mirror`), with `data` as
+    the held-out images; `nn_picture` writes that PNG: the generated images nearest to the training set, each with
+    its nearest training images (evaluation.memorization)."""
     names = _checked_names(metrics, batch)
     start = time.time()
     device = torch.device(device)
     num = int(num_gen) if num_gen is not None else max(METRIC_SPECS[n].num_gen for n in names)
     weights_path = resolve_weights_path(inception_weights, verbose=verbose)
+    training = _training_set(training_data, training_mirror, data, names, nn_picture, weights_path)
     real = ImageFolderDataset(data, use_labels=int(G.c_dim) > 0, xflip=mirror)
     G = copy.deepcopy(G).eval().requires_grad_(False).to(device)
     fake = GeneratedImages(G, num, seed=seed, batch=batch, label_source=real if int(G.c_dim) > 0 else None)
     values = _measure(fake, RealImages(real), names, cache_name1=None,
                       cache_name2=dataset_cache_name(real, weights_path, mirror), device=device, batch=batch,
-                      seed=seed, weights_path=weights_path, verbose=verbose)
+                      seed=seed, weights_path=weights_path, verbose=verbose, training=training,
+                      nn_picture=nn_picture)
     if run_dir is not None and snapshot_pkl is not None:
         rel = os.path.relpath(os.path.abspath(snapshot_pkl), os.path.abspath(run_dir))
         snapshot_pkl = rel if not rel.startswith("..") else snapshot_pkl
@@ -393,16 +445,20 @@ def evaluate_snapshot(G: torch.nn.Module, *, metrics: Sequence[str], data: str, 
 
 def evaluate_datasets(data: str, ref: str, *, metrics: Sequence[str], mirror: bool = False,
                       device: str | torch.device = "cpu", seed: int = 0, batch: int = 64,
-                      inception_weights: str | None = None, verbose: bool = False) -> list[dict]:
+                      inception_weights: str | None = None, verbose: bool = False,
+                      nn_picture: str | None = None) -> list[dict]:
     """FID/KID between two datasets (e.g. two halves of one: the noise floor of FID on that many images). Both are
-    cached; `mirror` x-flips both. num_gen in the records is the size of `data`."""
+    cached; `mirror` x-flips both. num_gen in the records is the size of `data`. Memorization asks whether `data`'s
+    images are copies of `ref`'s, calibrated by `ref`'s own leave-one-out nearest-neighbour distances (about 0.05
+    for two disjoint samples of one distribution, 1 for a set against itself); `nn_picture` shows `data`'s images
+    nearest to `ref` with their nearest images in `ref`."""
     names = _checked_names(metrics, batch)
     start = time.time()
     weights_path = resolve_weights_path(inception_weights, verbose=verbose)
     a, b = ImageFolderDataset(data, xflip=mirror), ImageFolderDataset(ref, xflip=mirror)
     values = _measure(RealImages(a), RealImages(b), names, cache_name1=dataset_cache_name(a, weights_path, mirror),
                       cache_name2=dataset_cache_name(b, weights_path, mirror), device=torch.device(device),
-                      batch=batch, seed=seed, weights_path=weights_path, verbose=verbose)
+                      batch=batch, seed=seed, weights_path=weights_path, verbose=verbose, nn_picture=nn_picture)
     elapsed = time.time() - start
     return [make_record(n, values[n], num_gen=len(a), total_time=elapsed, snapshot_pkl=None, data=data, ref=ref)
             for n in names]

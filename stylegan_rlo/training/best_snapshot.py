@@ -1,7 +1,8 @@
 """Best-snapshot tracking: after each evaluation the run directory holds `best-<metric>.pkl`, an atomic copy of the
 best snapshot so far, and `best-<metric>.json` saying which one it is (kimg, value, snapshot). A snapshot is ranked by
 one number, better when lower: FID or KID. Precision and recall (pr50k3_inception) are two numbers that trade off
-against each other, so they rank nothing.
+against each other, and the memorization fraction (mem50k_inception) flags copies rather than measuring quality, so
+they rank nothing.
 """
 
 from __future__ import annotations
@@ -24,15 +25,17 @@ def resolve_best_metric(best_metric: str | None, metrics: Sequence[str]) -> str 
     if best_metric is None:
         return next((name for name in metrics if name in RANKING_METRICS), None)
     # start-up: torch-fidelity (~1.5 s) loads only when --best-metric is given; the options are checked without it
-    from stylegan_rlo.evaluation.metrics import MetricError, validate_metric_names
+    from stylegan_rlo.evaluation.metrics import PR_METRIC, MetricError, validate_metric_names
     try:
         names = validate_metric_names([best_metric])
     except MetricError as e:
         raise TrainingOptionsError(f"--best-metric: {e}") from e
     if names and names[0] not in RANKING_METRICS:
-        raise TrainingOptionsError(f"--best-metric {best_metric}: precision and recall are two numbers that trade "
-                                   f"off against each other, so neither ranks snapshots alone; keep the best "
-                                   f"snapshot by {' or '.join(RANKING_METRICS)} (evaluate it as well)")
+        why = "precision and recall are two numbers that trade off against each other, so neither ranks snapshots " \
+            "alone" if names[0] == PR_METRIC else "it flags copied training images, it does not measure quality (a " \
+            "generator of blank images copies nothing)"
+        raise TrainingOptionsError(f"--best-metric {best_metric}: {why}; keep the best snapshot by "
+                                   f"{' or '.join(RANKING_METRICS)} (evaluate it as well)")
     if not names or names[0] not in metrics:
         raise TrainingOptionsError(f"--best-metric {best_metric}: it must be one of the evaluated metrics "
                                    f"(--metrics {','.join(metrics) or 'none'})")

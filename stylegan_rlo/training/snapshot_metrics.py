@@ -9,13 +9,26 @@ from typing import Callable, Sequence
 
 import torch
 
+from stylegan_rlo.evaluation.memorization import METRIC_NAME as MEM_METRIC
 from stylegan_rlo.training.best_snapshot import update_best
+from stylegan_rlo.training.options import TrainingOptionsError
+
+
+def check_held_out(metrics: Sequence[str], metric_data: str | None, training_data: str) -> None:
+    """The memorization metric needs held-out images (--metric-data) other than the training data: refuse early."""
+    if MEM_METRIC not in metrics:
+        return
+    if metric_data is None or os.path.realpath(metric_data) == os.path.realpath(training_data):
+        raise TrainingOptionsError(f"--metrics {MEM_METRIC} needs --metric-data HELD_OUT: images of the same kind "
+                                   f"that training does not use, whose distances to the training data calibrate how "
+                                   f"near a generated image may come to a training image")
 
 
 @dataclasses.dataclass
 class SnapshotMetrics:
     """Which metrics to evaluate and against what: the training data (x-flipped copies included when training
-    mirrors), or held-out images as they are."""
+    mirrors), or held-out images as they are. The memorization metric also searches the training data
+    (`training_data`, `training_mirror`), with the held-out images as its calibration."""
     names: list[str]
     num_gen: int | None
     data: str
@@ -23,14 +36,18 @@ class SnapshotMetrics:
     best_metric: str | None
     device: torch.device
     seed: int
+    training_data: str
+    training_mirror: bool
 
     @classmethod
     def plan(cls, metrics: Sequence[str], metrics_num: int | None, training_set_kwargs: dict,
              metric_data: str | None, best_metric: str | None, device: torch.device, seed: int) -> SnapshotMetrics:
         """The evaluation of the training loop's metric options; `metric_data` None means the training data."""
-        data = training_set_kwargs["path"] if metric_data is None else metric_data
-        mirror = bool(training_set_kwargs.get("xflip", False)) and metric_data is None
-        return cls(list(metrics), metrics_num, data, mirror, best_metric, device, seed)
+        training_data, training_mirror = training_set_kwargs["path"], bool(training_set_kwargs.get("xflip", False))
+        data = training_data if metric_data is None else metric_data
+        mirror = training_mirror and metric_data is None
+        return cls(list(metrics), metrics_num, data, mirror, best_metric, device, seed, training_data,
+                   training_mirror)
 
     def evaluate(self, G_ema: torch.nn.Module, snapshot_pkl: str, cur_nimg: int, run_dir: str,
                  log: Callable[[str], None]) -> dict[str, float]:
@@ -41,7 +58,8 @@ class SnapshotMetrics:
         log("Evaluating metrics...")
         records = evaluate_snapshot(G_ema, metrics=self.names, data=self.data, num_gen=self.num_gen,
                                     mirror=self.mirror, device=str(self.device), seed=self.seed,
-                                    snapshot_pkl=os.path.basename(snapshot_pkl))
+                                    snapshot_pkl=os.path.basename(snapshot_pkl), training_data=self.training_data,
+                                    training_mirror=self.training_mirror)
         append_records([dict(record, data=self.data) for record in records], run_dir)
         for record in records:
             if record["metric"] == self.best_metric and update_best(

@@ -111,7 +111,7 @@ def direct_fidelity(input1, input2, layer: str, seed: int, n: int) -> dict:
 # ---- names and options ---------------------------------------------------------------------------------------------
 
 def test_metric_names():
-    assert metrics.METRIC_NAMES == ("fid50k_full", "kid50k_full", "pr50k3_inception")
+    assert metrics.METRIC_NAMES == ("fid50k_full", "kid50k_full", "pr50k3_inception", "mem50k_inception")
     assert metrics.validate_metric_names(["kid", " FID50K_FULL", "fid", "none", ""]) == ["kid50k_full",
                                                                                          "fid50k_full"]
     assert metrics.validate_metric_names(["none"]) == []
@@ -297,7 +297,8 @@ def test_calc_fid_cli_reproducible_and_run_dir(env, tmp_path):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--data", "X.zip"], "exactly one of --network"),
+    (["--data", "X.zip"], "give --network PKL"),
+    (["--data", "X.zip", "--network", "N.pkl", "--metrics", "fid,mem50k_inception"], "needs --ref HELD_OUT"),
     (["--data", "X.zip", "--ref", "Y.zip", "--num", "5"], "only applies to --network"),
     (["--data", "X.zip", "--ref", "Y.zip", "--metrics", "is50k"], "Inception Score is not offered"),
     (["--data", "X.zip", "--ref", "Y.zip", "--inception-weights", "/nonexistent/w.pth"], "not found"),

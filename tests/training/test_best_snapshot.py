@@ -46,7 +46,7 @@ def test_precision_recall_ranks_no_snapshot():
     with pytest.raises(TrainingOptionsError, match="--best-metric pr50k3_inception: precision and recall .* "
                                                    "fid50k_full or kid50k_full"):
         best_snapshot.resolve_best_metric("pr50k3_inception", ["pr50k3_inception", "fid50k_full"])
-    assert set(best_snapshot.RANKING_METRICS) | {"pr50k3_inception"} == set(metrics.METRIC_NAMES)
+    assert set(best_snapshot.RANKING_METRICS) | {"pr50k3_inception", "mem50k_inception"} == set(metrics.METRIC_NAMES)
 
 
 @pytest.mark.parametrize("opts,words", [
@@ -55,6 +55,9 @@ def test_precision_recall_ranks_no_snapshot():
     (dict(metrics="fid50k_full", best_metric="is50k"), ["--best-metric", "Inception Score"]),
     (dict(metrics="fid50k_full,pr50k3_inception", best_metric="pr50k3_inception"),
      ["--best-metric pr50k3_inception", "trade off"]),
+    (dict(metrics="fid50k_full,mem50k_inception"), ["--metrics mem50k_inception needs --metric-data HELD_OUT"]),
+    (dict(metrics="fid,mem50k_inception", metric_data="HELDOUT", best_metric="mem50k_inception"),
+     ["--best-metric mem50k_inception", "copied training images", "fid50k_full or kid50k_full"]),
     (dict(metrics="pr50k3_full"), ["pr50k3_full", "VGG16", "pr50k3_inception"]),
     (dict(metrics="fid50k_full", metric_data="SMALL"), ["--metric-data", "16x16", "32x32"]),
     (dict(metrics="fid50k_full", metric_data="MISSING"), ["--metric-data", "missing.zip"]),
