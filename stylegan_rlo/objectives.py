@@ -1,7 +1,22 @@
-"""Adversarial objectives: the logistic loss and the rooted logistic objective (RLO, arXiv 2310.03890),
-plus a rooted cross-entropy for multiclass classification. This module owns the math; the GAN loss only calls it.
+"""Adversarial objectives: the logistic loss, the rooted logistic objective (RLO, arXiv 2310.03890), the hinge loss
+and the least squares (LSGAN) loss, plus a rooted cross-entropy for multiclass classification. This module owns the
+math; the GAN loss only calls it, through the three terms of an `Objective`.
 
-With l = logistic or rooted_logistic, the GAN terms are D real l(D(x)), D fake l(-D(G(z))), G l(D(G(z))).
+Every objective has a margin loss l (its `function`): D real l(D(x)), D fake l(-D(G(z))). The G term is l(D(G(z)))
+for the logistic and rooted objectives (non-saturating), -D(G(z)) for the hinge loss and D(G(z))^2 / 2 for least
+squares:
+
+| objective | l(z)                     | D real + D fake                          | G                  |
+| logistic  | softplus(-z)             | softplus(-D(x)) + softplus(D(G(z)))      | softplus(-D(G(z))) |
+| rooted:K  | k((1 + e^-z)^(1/k) - 1)  | l(D(x)) + l(-D(G(z)))                    | l(D(G(z)))         |
+| hinge     | relu(1 - z)              | relu(1 - D(x)) + relu(1 + D(G(z)))       | -D(G(z))           |
+| lsgan     | (z - 1)^2 / 2            | (D(x) - 1)^2 / 2 + (D(G(z)) + 1)^2 / 2   | D(G(z))^2 / 2      |
+
+Least squares uses the LSGAN paper's (Mao et al. 2017) labels a = -1 (fake), b = 1 (real), c = 0 (what G wants D
+to say), with its 1/2 factors: the scheme b - c = 1, b - a = 2 under which the game minimizes the Pearson chi^2
+divergence, and whose labels sit symmetrically around 0, so the sign of D's output means real/fake as for the other
+objectives (ADA's overfitting heuristic reads that sign). The paper's other scheme, a = 0, b = c = 1, would put
+every real image's optimal output in [0, 1], positive, and drive ADA's p up regardless of overfitting.
 
 Numerics shared by every function here:
 - The rooted value k * ((1 + e^-z)^(1/k) - 1) is computed as k * expm1(u) with u = softplus(-z) / k, which is accurate
@@ -18,6 +33,9 @@ Numerics shared by every function here:
   gradient non-finite). Beyond 1e7 the objective is the logistic loss to float32 precision.
 - float16/bfloat16 inputs are computed in float32 and the result is returned in float32 (as autocast does for
   losses): the values easily exceed the float16 range (k * e^20 for k = 1 is 4.9e8).
+- The hinge terms are finite with finite gradients (0 or +-1) for every finite logit. The least squares values are
+  squares: in float32 they overflow to inf past |z| ~ 2.6e19, but their gradients (z - 1, z + 1, z) stay finite for
+  every finite logit.
 """
 
 from __future__ import annotations
@@ -32,7 +50,7 @@ import torch.nn.functional as F
 
 from stylegan_rlo.errors import UserError
 
-OBJECTIVES = ("logistic", "rooted")
+OBJECTIVES = ("logistic", "rooted", "hinge", "lsgan")
 DEFAULT_K = 8.0  # the root used when 'rooted' is given without one
 K_MIN, K_MAX = 1e-3, 1e7  # K_RANGE: see the module docstring
 K_RANGE = (K_MIN, K_MAX)
@@ -101,11 +119,37 @@ def rooted_logistic(z: torch.Tensor, k: float) -> torch.Tensor:
     return _rooted_from_nll(_softplus_neg(z), k)
 
 
+def hinge(z: torch.Tensor) -> torch.Tensor:
+    """The hinge loss relu(1 - z), elementwise (half precision computed and returned in float32)."""
+    return F.relu(1 - _as_compute_dtype(z))
+
+
+def least_squares(z: torch.Tensor) -> torch.Tensor:
+    """The least squares margin loss (z - 1)^2 / 2, elementwise: LSGAN's D terms with labels real 1, fake -1."""
+    return torch.square(_as_compute_dtype(z) - 1) / 2
+
+
+def hinge_generator(z: torch.Tensor) -> torch.Tensor:
+    """The hinge loss's G term -D(G(z)), elementwise."""
+    return -_as_compute_dtype(z)
+
+
+def least_squares_generator(z: torch.Tensor) -> torch.Tensor:
+    """LSGAN's G term (D(G(z)) - c)^2 / 2 with c = 0, elementwise."""
+    return torch.square(_as_compute_dtype(z)) / 2
+
+
+# The G terms that are not the margin loss itself (logistic and rooted use l(D(G(z))), the non-saturating form).
+_GENERATOR_TERMS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+    "hinge": hinge_generator, "lsgan": least_squares_generator}
+
+
 @dataclasses.dataclass(frozen=True)
 class Objective:
-    """One adversarial objective, the value every layer passes on: 'logistic', or 'rooted' with its root k.
+    """One adversarial objective, the value every layer passes on: 'logistic', 'hinge', 'lsgan', or 'rooted' with
+    its root k. The GAN loss calls its three terms: discriminator_real, discriminator_fake and generator.
 
-    Written as 'logistic', 'rooted' (k = DEFAULT_K) or 'rooted:K' (see parse and spec).
+    Written as 'logistic', 'hinge', 'lsgan', 'rooted' (k = DEFAULT_K) or 'rooted:K' (see parse and spec).
     """
     name: str
     k: float | None = None
@@ -114,8 +158,9 @@ class Objective:
         if self.name not in OBJECTIVES:
             raise ObjectiveError(f"unknown objective {self.name!r}: expected one of {', '.join(OBJECTIVES)}, "
                                  f"optionally with a root for rooted (e.g. rooted:8)")
-        if self.name == "logistic" and self.k is not None:
-            raise ObjectiveError(f"k={self.k:g} only applies to the rooted objective (the logistic loss has no root)")
+        if self.name != "rooted" and self.k is not None:
+            raise ObjectiveError(f"k={self.k:g} only applies to the rooted objective (the {self.name} loss has no "
+                                 f"root); drop k or use rooted")
         if self.name == "rooted":
             object.__setattr__(self, "k", check_k(DEFAULT_K if self.k is None else self.k))
 
@@ -150,12 +195,26 @@ class Objective:
 
     @property
     def function(self) -> Callable[[torch.Tensor], torch.Tensor]:
-        """The elementwise objective l(z)."""
-        return logistic if self.k is None else functools.partial(rooted_logistic, k=self.k)
+        """The elementwise margin loss l(z): D real l(D(x)), D fake l(-D(G(z))) (also a binary classifier's loss)."""
+        if self.name == "rooted":
+            return functools.partial(rooted_logistic, k=self.k)
+        return {"logistic": logistic, "hinge": hinge, "lsgan": least_squares}[self.name]
+
+    def discriminator_real(self, logits: torch.Tensor) -> torch.Tensor:
+        """D's per-sample loss on real images, l(D(x))."""
+        return self.function(logits)
+
+    def discriminator_fake(self, logits: torch.Tensor) -> torch.Tensor:
+        """D's per-sample loss on generated images, l(-D(G(z)))."""
+        return self.function(-logits)
+
+    def generator(self, logits: torch.Tensor) -> torch.Tensor:
+        """G's per-sample loss on D(G(z)): l(D(G(z))), or the hinge / least squares G term."""
+        return _GENERATOR_TERMS.get(self.name, self.function)(logits)
 
 
 def get_objective(name: str, k: float | None = None) -> Callable[[torch.Tensor], torch.Tensor]:
-    """The per-element objective for `name` in OBJECTIVES ('rooted' needs k; k is ignored for 'logistic')."""
+    """The per-element margin loss for `name` in OBJECTIVES ('rooted' needs k; k is ignored for the others)."""
     if name == "rooted" and k is None:
         raise ObjectiveError("objective 'rooted' needs a root k (e.g. k=8)")
     return Objective(name, k if name == "rooted" else None).function

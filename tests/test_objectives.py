@@ -255,11 +255,13 @@ def test_get_objective():
     assert torch.equal(obj.get_objective("logistic")(z), torch.nn.functional.softplus(-z))
     assert torch.equal(obj.get_objective("logistic", k=8)(z), torch.nn.functional.softplus(-z))
     assert torch.equal(obj.get_objective("rooted", k=8)(z), obj.rooted_logistic(z, 8))
-    assert set(obj.OBJECTIVES) == {"logistic", "rooted"}
+    assert torch.equal(obj.get_objective("hinge", k=8)(z), torch.clamp(1 - z, min=0))
+    assert torch.equal(obj.get_objective("lsgan")(z), (z - 1) ** 2 / 2)
+    assert set(obj.OBJECTIVES) == {"logistic", "rooted", "hinge", "lsgan"}
 
 
 @pytest.mark.parametrize("name,k,match", [
-    ("hinge", None, "unknown objective 'hinge'"),
+    ("bogus", None, "unknown objective 'bogus'"),
     ("rooted", None, "needs a root k"),
     ("rooted", 0.0, RANGE),
     ("rooted", -2.0, RANGE),
@@ -402,7 +404,9 @@ def test_objective_parse_label_slug_spec(text, name, k, label, slug):
 
 
 @pytest.mark.parametrize("text,match", [
-    ("hinge", "unknown objective 'hinge'"),
+    ("bogus", "unknown objective 'bogus'"),
+    ("hinge:2", "only applies to the rooted objective"),
+    ("lsgan:8", "the lsgan loss has no root"),
     ("logistic:2", "only applies to the rooted"),
     ("rooted:x", "must be a number"),
     ("rooted:0", RANGE),
@@ -439,3 +443,124 @@ def test_every_finite_k_gives_finite_values_or_is_refused(k, dtype):
     assert value.dtype == torch.float32 and torch.isfinite(value).all() and (value >= 0).all(), (k, value)
     if dtype == torch.float32:  # (a float16 input gets a float16 gradient, which overflows past 65504 for any k)
         assert torch.isfinite(grad).all() and (grad <= 0).all(), (k, grad)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The three GAN terms of every objective: D real, D fake, G -- values and gradients against float64 formulas
+
+
+def _log1pexp(x: np.ndarray) -> np.ndarray:
+    return np.logaddexp(0.0, x)
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    return np.exp(x - np.logaddexp(0.0, x))
+
+
+def _rooted64(x: np.ndarray, k: float) -> tuple[np.ndarray, np.ndarray]:
+    """k * expm1(softplus(x) / k) and its derivative in x, for x where softplus(x)/k stays below the limit."""
+    s = _log1pexp(x)
+    return k * np.expm1(s / k), _sigmoid(x) * np.exp(s / k)
+
+
+def reference_terms(name: str, k: float | None, z: np.ndarray) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """(value, d value / d z) of each term at logits z, straight from the definitions (float64 numpy)."""
+    if name == "logistic":
+        real = (_log1pexp(-z), -_sigmoid(-z))
+        fake = (_log1pexp(z), _sigmoid(z))
+        return dict(real=real, fake=fake, generator=real)
+    if name == "rooted":
+        value, slope = _rooted64(-z, k)
+        real = (value, -slope)
+        return dict(real=real, fake=_rooted64(z, k), generator=real)
+    if name == "hinge":
+        return dict(real=(np.maximum(0.0, 1 - z), np.where(z < 1, -1.0, 0.0)),
+                    fake=(np.maximum(0.0, 1 + z), np.where(z > -1, 1.0, 0.0)),
+                    generator=(-z, -np.ones_like(z)))
+    assert name == "lsgan"  # labels a = -1 (fake), b = 1 (real), c = 0, with the 1/2 factors
+    return dict(real=((z - 1) ** 2 / 2, z - 1), fake=((z + 1) ** 2 / 2, z + 1), generator=(z ** 2 / 2, z))
+
+
+TERM_OBJECTIVES = ["logistic", "rooted:8", "rooted:2", "hinge", "lsgan"]
+MODERATE_Z = np.array([-30.0, -7.5, -2.0, -1.5, -0.999, -0.25, 0.0, 0.3, 0.999, 1.001, 2.0, 6.0, 30.0])
+
+
+def _terms(o: obj.Objective, z: torch.Tensor) -> dict[str, torch.Tensor]:
+    return dict(real=o.discriminator_real(z), fake=o.discriminator_fake(z), generator=o.generator(z))
+
+
+@pytest.mark.parametrize("spec", TERM_OBJECTIVES)
+@pytest.mark.parametrize("dtype,rtol", [(torch.float64, 1e-12), (torch.float32, 2e-6)])
+def test_gan_terms_and_gradients_match_float64_formulas(spec, dtype, rtol):
+    o = obj.Objective.parse(spec)
+    exact = torch.tensor(MODERATE_Z, dtype=dtype)
+    ref = reference_terms(o.name, o.k, exact.double().numpy())  # at the logits as `dtype` holds them
+    for term in ("real", "fake", "generator"):
+        z = exact.clone().requires_grad_(True)
+        value = _terms(o, z)[term]
+        (grad,) = torch.autograd.grad(value.sum(), z)
+        want_value, want_grad = ref[term]
+        assert value.dtype == dtype and grad.dtype == dtype
+        np.testing.assert_allclose(value.detach().double().numpy(), want_value, rtol=rtol, atol=1e-300,
+                                   err_msg=f"{spec} {term} value")
+        np.testing.assert_allclose(grad.double().numpy(), want_grad, rtol=rtol, atol=1e-300,
+                                   err_msg=f"{spec} {term} gradient")
+
+
+def test_d_terms_are_the_margin_loss_of_plus_and_minus_the_logit():
+    """The interface's definition: D real l(z), D fake l(-z); logistic and rooted use l for G as well."""
+    z = torch.linspace(-40, 40, 161, dtype=torch.float64)
+    for spec in TERM_OBJECTIVES:
+        o = obj.Objective.parse(spec)
+        assert torch.equal(o.discriminator_real(z), o.function(z))
+        assert torch.equal(o.discriminator_fake(z), o.function(-z))
+        if o.name in ("logistic", "rooted"):
+            assert torch.equal(o.generator(z), o.function(z))
+
+
+@pytest.mark.parametrize("spec", TERM_OBJECTIVES)
+@pytest.mark.parametrize("magnitude", [1e4, 1e30])
+def test_gan_terms_at_extreme_logits_in_float32(spec, magnitude):
+    """Logits of +-1e4 and +-1e30 (finite in float32): every gradient is finite and right. Values are finite and
+    right too, except where the documented float32 limits are passed: the least squares squares past |z| ~ 2.6e19,
+    and a rooted term on the wrong side past |z| ~ 7e29 (its gradient is capped at e^20 there)."""
+    o = obj.Objective.parse(spec)
+    z32 = torch.tensor([-magnitude, magnitude], dtype=torch.float32)
+    wrong_side = dict(real=0, fake=1, generator=0)  # the index whose logit the term penalizes without bound
+    for term in ("real", "fake", "generator"):
+        z = z32.clone().requires_grad_(True)
+        value = _terms(o, z)[term]
+        (grad,) = torch.autograd.grad(value.sum(), z)
+        assert torch.isfinite(grad).all(), (spec, term, grad)
+        finite = torch.ones(2, dtype=torch.bool)
+        if o.name == "lsgan" and magnitude > 2.6e19:
+            finite[:] = False
+        if o.name == "rooted" and magnitude > 7e29:
+            finite[wrong_side[term]] = False
+        assert torch.equal(torch.isfinite(value), finite), (spec, term, value)
+        if o.name == "rooted":  # past the limit: the tangent continuation, gradient magnitude capped at e^20
+            slope = abs(float(grad[wrong_side[term]]))
+            assert slope == pytest.approx(math.exp(LIMIT), rel=1e-5) and float(grad[1 - wrong_side[term]]) == 0
+            continue
+        want_value, want_grad = reference_terms(o.name, o.k, z32.double().numpy())[term]
+        np.testing.assert_allclose(grad.double().numpy(), want_grad, rtol=1e-6, err_msg=f"{spec} {term}")
+        np.testing.assert_allclose(value.detach().double().numpy()[finite.numpy()], want_value[finite.numpy()],
+                                   rtol=1e-6, err_msg=f"{spec} {term}")
+
+
+def test_hinge_kink_gets_a_subgradient():
+    z = torch.tensor([1.0, -1.0], dtype=torch.float64, requires_grad=True)
+    o = obj.Objective("hinge")
+    (g_real,) = torch.autograd.grad(o.discriminator_real(z[:1]).sum(), z)
+    (g_fake,) = torch.autograd.grad(o.discriminator_fake(z[1:]).sum(), z)
+    assert -1 <= float(g_real[0]) <= 0 and 0 <= float(g_fake[1]) <= 1
+
+
+@pytest.mark.parametrize("spec", ["hinge", "lsgan"])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_hinge_and_least_squares_half_precision_computed_in_float32(spec, dtype):
+    o = obj.Objective.parse(spec)
+    z = torch.tensor([-300.0, -1.5, 0.0, 2.0, 300.0], dtype=dtype)
+    for term, got in _terms(o, z).items():
+        assert got.dtype == torch.float32 and torch.isfinite(got).all()
+        assert torch.equal(got, _terms(o, z.float())[term])

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 
 import click
 
@@ -27,6 +28,13 @@ def _parse_metrics(_ctx: click.Context, _param: click.Parameter, value: str) -> 
     return names
 
 
+def _print_records(records: list[dict]) -> None:
+    """One JSON line per record on stdout, flushed: out before any file is written."""
+    for record in records:
+        click.echo(json.dumps(record))
+    sys.stdout.flush()
+
+
 def run_dir_of(network: str) -> str | None:
     """The folder of a local network pickle when it is a training run directory (has training_options.json)."""
     if "://" in network:
@@ -44,7 +52,7 @@ def run_dir_of(network: str) -> str | None:
               "mem50k_inception takes them as its held-out set.")
 @click.option("--metrics", "metric_names", default="fid50k_full", show_default=True, callback=_parse_metrics,
               metavar="LIST", help="Comma-separated: fid50k_full, kid50k_full (or fid, kid), pr50k3_inception, "
-              "mem50k_inception.")
+              "pr50k3_full (needs --vgg16), mem50k_inception.")
 @click.option("--num", type=click.IntRange(min=2), metavar="N", help="Generated images [default: 50000].")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of latents, labels, noise and KID subsets.")
 @click.option("--mirror", is_flag=True, help="Add x-flipped copies of --data's images (as training with --mirror); "
@@ -53,15 +61,21 @@ def run_dir_of(network: str) -> str | None:
 @click.option("--batch", type=click.IntRange(min=1), default=64, show_default=True, help="Images per batch.")
 @click.option("--inception-weights", metavar="FILE",
               help="torch-fidelity inception-v3-compat weights [default: the file `make setup` converts].")
+@click.option("--vgg16", "vgg16_weights", metavar="FILE", help="VGG16 weights for pr50k3_full: torchvision's state "
+              "dict vgg16-397923af.pth (never a TorchScript file) [default: .cache/vgg16/ or torch hub's "
+              "checkpoints folder].")
 @click.option("--trust-pickle", is_flag=True, help="Execute code embedded in the pickle (trusted files only).")
 @click.option("--verbose", is_flag=True, help="Show torch-fidelity's progress on stderr.")
 @click.option("--nn-picture", metavar="PNG", help="Also write this picture: the generated images (or --data's, "
               "without --network) nearest to the training data (--ref's, without --network), each with its 3 "
               "nearest training images and their distances.")
 def main(network: str | None, data: str, ref: str | None, metric_names: list[str], num: int | None, seed: int,
-         mirror: bool, device, batch: int, inception_weights: str | None, trust_pickle: bool,
-         verbose: bool, nn_picture: str | None) -> None:
+         mirror: bool, device, batch: int, inception_weights: str | None, vgg16_weights: str | None,
+         trust_pickle: bool, verbose: bool, nn_picture: str | None) -> None:
     """Compute FID/KID and print one JSON line per metric (the official metric-*.jsonl record).
+
+    The records are printed before anything is written (the run directory's metric-*.jsonl, --nn-picture), so a
+    full disk or read-only folder costs no result: it ends in one message naming the file (exit status 2).
 
     \b
     Examples:
@@ -84,16 +98,14 @@ def main(network: str | None, data: str, ref: str | None, metric_names: list[str
                                f"the network was not trained on, whose distances to the training data (--data) "
                                f"calibrate how near a generated image may come")
     common = dict(metrics=metric_names, device=device, seed=seed, batch=batch, inception_weights=inception_weights,
-                  verbose=verbose, nn_picture=nn_picture)
+                  vgg16_weights=vgg16_weights, verbose=verbose, nn_picture=nn_picture, emit=_print_records)
     if network is None:
-        records = evaluate_datasets(data, ref, mirror=mirror, **common)
+        evaluate_datasets(data, ref, mirror=mirror, **common)
     else:
         G = load_network_pkl(network, trust_pickle=trust_pickle)["G_ema"]
         if G is None:
             raise UserError(f"{network} has no G_ema network to evaluate")
         # With --ref the metrics compare with the held-out images as they are, as training's --metric-data does.
-        records = evaluate_snapshot(G, data=data if ref is None else ref, mirror=mirror and ref is None,
-                                    training_data=data, training_mirror=mirror, num_gen=num, snapshot_pkl=network,
-                                    run_dir=run_dir_of(network), **common)
-    for record in records:
-        click.echo(json.dumps(record))
+        evaluate_snapshot(G, data=data if ref is None else ref, mirror=mirror and ref is None, training_data=data,
+                          training_mirror=mirror, num_gen=num, snapshot_pkl=network, run_dir=run_dir_of(network),
+                          **common)

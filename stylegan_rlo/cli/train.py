@@ -76,7 +76,10 @@ def main(outdir: str, dry_run: bool, **opts) -> None:
     try:
         run_dir = launch_training(run_desc, options, outdir)
     except TrainingStopped as e:  # SIGINT / SIGTERM (not a user error): a snapshot with its training state is written
-        if is_main:
+        if is_main and e.snapshot is None:
+            click.echo(f"\nStopped by {e.signal_name} before training began; no snapshot was written "
+                       f"(log: {os.path.join(e.run_dir, 'log.txt')}).", err=True)
+        elif is_main:
             click.echo(f"\nStopped by {e.signal_name}; {e.snapshot} and its training state are written. "
                        f"Continue exactly with:\n  {resume_command(sys.argv, e.snapshot)}", err=True)
         click.get_current_context().exit(e.exit_code)

@@ -5,13 +5,15 @@ Metric names and records follow the official StyleGAN2-ADA metrics: `fid50k_full
 generated images (or `num_gen`) with the full dataset, and every result is one JSON object per line in
 `metric-<name>.jsonl`. `pr50k3_inception` is the k-NN precision and recall (Kynkaanniemi et al. 2019, k=3) on the
 same Inception pool features; its record holds two results, `pr50k3_inception_precision` and
-`pr50k3_inception_recall` (as the official `pr50k3_full`, which uses VGG16 features and is not offered).
+`pr50k3_inception_recall`. `pr50k3_full` is the same computation on VGG16 fc2 features (evaluation.vgg16), as the
+official metric, from a VGG16 weights file given by path, in a second feature pass.
 `mem50k_inception` is the memorization check of evaluation.memorization on the same features: the fraction of
 generated images nearer to a training image than most held-out images are (about 0.05 when nothing is copied).
 
-Dataset features and FID statistics are cached under a key made of the image content, the sha256 of the Inception
-weights file and the mirror flag, in $DNNLIB_CACHE_DIR/stylegan_rlo-metrics (default ~/.cache/dnnlib/...), by
-evaluation.metrics_cache: torch-fidelity's own cache, which unpickles whatever it finds, is never used.
+Dataset features and FID statistics are cached under a key made of the image content, the feature network and the
+sha256 of its weights file, and the mirror flag, in $DNNLIB_CACHE_DIR/stylegan_rlo-metrics (default
+~/.cache/dnnlib/...), by evaluation.metrics_cache: torch-fidelity's own cache, which unpickles whatever it finds, is
+never used.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import hashlib
 import json
 import os
 import re
+import errno
 import time
 import zipfile
 from typing import Any, Callable, NamedTuple, Sequence
@@ -39,6 +42,7 @@ from torch_fidelity.utils import get_featuresdict_from_dataset
 from dnnlib.util import make_cache_dir_path
 from stylegan_rlo.data.dataset import ImageFolderDataset, is_image_name
 from stylegan_rlo.errors import UserError
+from stylegan_rlo.evaluation import vgg16
 from stylegan_rlo.evaluation.generate import generate_images
 from stylegan_rlo.evaluation.inception_weights import (EXTRACTOR_NAME, feature_extractor, resolve_weights_path,
                                                        sha256_file)
@@ -55,16 +59,20 @@ class _Spec(NamedTuple):
 
 
 PR_METRIC = "pr50k3_inception"
+PR_FULL_METRIC = "pr50k3_full"
+PR_METRICS = (PR_METRIC, PR_FULL_METRIC)  # two results each (precision, recall): they rank no snapshot
 METRIC_SPECS = {
     "fid50k_full": _Spec(50000),
     "kid50k_full": _Spec(50000),
     PR_METRIC: _Spec(50000, (f"{PR_METRIC}_precision", f"{PR_METRIC}_recall")),
+    PR_FULL_METRIC: _Spec(50000, (f"{PR_FULL_METRIC}_precision", f"{PR_FULL_METRIC}_recall")),
     MEM_METRIC: _Spec(50000),
 }
 METRIC_NAMES = tuple(METRIC_SPECS)
 METRIC_ALIASES = {"fid": "fid50k_full", "kid": "kid50k_full"}
 PR_NEIGHBORHOOD = 3         # k of the k-NN manifolds, as the official pr50k3_full
 PR_BATCH = 10000            # rows per block of pairwise distances, as the official pr50k3_full
+PR_FULL_MAX_REAL = 200000   # dataset images pr50k3_full measures at most (the first ones), as the official one
 KID_NUM_SUBSETS = 100       # as the official kid50k_full
 KID_MAX_SUBSET_SIZE = 1000  # as the official kid50k_full; smaller when fewer images exist
 CACHE_FORMAT = 1            # bump when the cached content changes meaning
@@ -88,11 +96,10 @@ def validate_metric_names(names: Sequence[str]) -> list[str]:
         if re.fullmatch(r"is(\d+k)?(_full)?|isc|inception_score", name):
             raise MetricError(f"{raw!r}: Inception Score is not offered (the offline Inception weights have no "
                               f"1008-way classifier); available: {', '.join(METRIC_NAMES)}")
-        if re.fullmatch(r"pr\d+k\d+(_full)?", name):
-            raise MetricError(f"{raw!r}: the official precision/recall measures VGG16 features and needs the VGG16 "
-                              f"weights file (torchvision's ImageNet vgg16-397923af.pth, which torch-fidelity "
-                              f"loads); that feature network is not supported yet. Precision and recall (k=3) on the "
-                              f"Inception pool features that FID uses are offered as {PR_METRIC}")
+        if name not in METRIC_SPECS and re.fullmatch(r"pr\d+k\d+(_full)?", name):
+            raise MetricError(f"{raw!r}: precision/recall (k=3, 50k generated images) is offered as "
+                              f"{PR_FULL_METRIC} (VGG16 features, as the official metric; needs the VGG16 weights "
+                              f"file {vgg16.WEIGHTS_NAME}) and as {PR_METRIC} (the Inception features of FID)")
         if name not in METRIC_SPECS:
             raise MetricError(f"unknown metric {raw!r}; available: {', '.join(METRIC_NAMES)} "
                               f"(or the shorthands {', '.join(METRIC_ALIASES)})")
@@ -103,7 +110,7 @@ def validate_metric_names(names: Sequence[str]) -> list[str]:
 
 def result_names(names: Sequence[str]) -> list[str]:
     """The result keys the records of these (canonical) metrics hold, in order: one per metric, two for
-    pr50k3_inception (precision, recall)."""
+    pr50k3_inception and pr50k3_full (precision, recall)."""
     return [key for name in names for key in (METRIC_SPECS[name].results or (name,))]
 
 
@@ -143,10 +150,11 @@ def _to_rgb(images: torch.Tensor) -> torch.Tensor:
 
 
 class RealImages(torch.utils.data.Dataset):
-    """The images of an ImageFolderDataset as uint8 [3, H, W] tensors."""
+    """The images of an ImageFolderDataset as uint8 [3, H, W] tensors; `mirror` says whether the dataset was made
+    with x-flips (part of its cache key)."""
 
-    def __init__(self, dataset: ImageFolderDataset) -> None:
-        self.dataset = dataset
+    def __init__(self, dataset: ImageFolderDataset, mirror: bool = False) -> None:
+        self.dataset, self.mirror = dataset, bool(mirror)
 
     def __len__(self) -> int:
         return len(self.dataset)
@@ -250,9 +258,11 @@ def cache_dir() -> str:
     return make_cache_dir_path("stylegan_rlo-metrics")
 
 
-def dataset_cache_name(dataset: ImageFolderDataset, weights_path: str, mirror: bool) -> str:
-    """Cache entry name for a dataset: readable prefix + hash of content, weights and mirror."""
-    key = json.dumps(dict(format=CACHE_FORMAT, extractor=EXTRACTOR_NAME, layer=FEATURE_LAYER,
+def dataset_cache_name(dataset: ImageFolderDataset, weights_path: str, mirror: bool, extractor: str = EXTRACTOR_NAME,
+                       layer: str | None = None) -> str:
+    """Cache entry name for a dataset: readable prefix + hash of content, feature network (name, layer: by default
+    Inception's FEATURE_LAYER) and its weights, and mirror."""
+    key = json.dumps(dict(format=CACHE_FORMAT, extractor=extractor, layer=FEATURE_LAYER if layer is None else layer,
                           weights=weights_fingerprint(weights_path), data=dataset_fingerprint(dataset.path),
                           mirror=bool(mirror)), sort_keys=True)
     prefix = re.sub(r"[^A-Za-z0-9_.]+", "_", dataset.name)[:40] or "data"
@@ -262,29 +272,30 @@ def dataset_cache_name(dataset: ImageFolderDataset, weights_path: str, mirror: b
 # ---- running the metrics -------------------------------------------------------------------------------------------
 
 class _Input:
-    """One side of a comparison: its images and, for a dataset, the cache entry name of its features and stats."""
+    """One side of a comparison in one feature network (`layer` of `extractor`, `dim` wide): its images and, for a
+    dataset, the cache entry name of its features and stats."""
 
     def __init__(self, images: torch.utils.data.Dataset, cache_name: str | None, extractor: torch.nn.Module,
-                 cuda: bool, batch: int, verbose: bool) -> None:
+                 layer: str, dim: int, cuda: bool, batch: int, verbose: bool) -> None:
         self.images, self.cache_name, self.extractor = images, cache_name, extractor
+        self.layer, self.dim = layer, int(dim)
         self.cuda, self.batch, self.verbose = cuda, batch, verbose
-        self.dim = int(FEATURE_LAYER)
 
     def _cached(self, kind: str, max_bytes: int, check: Callable, compute: Callable) -> dict[str, torch.Tensor]:
         if self.cache_name is None:
             return compute()
-        path = os.path.join(cache_dir(), f"{self.cache_name}-{kind}-{FEATURE_LAYER}.pt")
+        path = os.path.join(cache_dir(), f"{self.cache_name}-{kind}-{self.layer}.pt")
         return cached_tensors(path, max_bytes, check, compute)
 
     @functools.cached_property
     def features(self) -> torch.Tensor:
-        """Inception features, float32 [N, dim]."""
+        """The features, float32 [N, dim]."""
         n = len(self.images)
 
         def compute() -> dict[str, torch.Tensor]:
             found = get_featuresdict_from_dataset(self.images, self.extractor, self.batch, self.cuda, True,
                                                   self.verbose)
-            return {"features": found[FEATURE_LAYER]}
+            return {"features": found[self.layer]}
 
         def check(data: dict[str, torch.Tensor]) -> None:
             f = data.get("features")
@@ -319,55 +330,87 @@ def _image_groups(images: RealImages) -> torch.Tensor:
     return torch.tensor([images.dataset.get_details(i).raw_idx for i in range(len(images))])
 
 
-class _Training(NamedTuple):
-    """The training set of the memorization metric and the nearest-neighbour picture: images, cache entry name."""
-    images: torch.utils.data.Dataset
-    cache_name: str
+def _cache_name(images: torch.utils.data.Dataset, weights_path: str, extractor: str = EXTRACTOR_NAME,
+                layer: str | None = None) -> str | None:
+    """The cache entry of a dataset's features in one feature network; None for generated images (never cached)."""
+    if not isinstance(images, RealImages):
+        return None
+    return dataset_cache_name(images.dataset, weights_path, images.mirror, extractor, layer)
+
+
+def _vgg16_precision_recall(input1: torch.utils.data.Dataset, input2: torch.utils.data.Dataset, vgg16_path: str,
+                            device: torch.device, batch: int, verbose: bool) -> tuple[float, float]:
+    """pr50k3_full: precision and recall (k=3) of input1 against input2 on VGG16 fc2 features, in a feature pass
+    of its own; a dataset side counts its first PR_FULL_MAX_REAL images (as the official max_real) and is cached."""
+    extractor = vgg16.feature_extractor(vgg16_path, weights_fingerprint(vgg16_path)).to(device)
+    features = []
+    for images in (input1, input2):
+        name = _cache_name(images, vgg16_path, vgg16.EXTRACTOR_NAME, vgg16.FEATURE_LAYER)
+        if name is not None and len(images) > PR_FULL_MAX_REAL:
+            images = torch.utils.data.Subset(images, range(PR_FULL_MAX_REAL))
+        side = _Input(images, name, extractor, vgg16.FEATURE_LAYER, vgg16.FEATURE_DIM, device.type == "cuda", batch,
+                      verbose)
+        features.append(side.features.to(device))
+    return precision_recall(*features)
+
+
+class _Measured(NamedTuple):
+    """What _measure found: {metric name: {result name: value}}, and the nearest-neighbour picture's writer (None
+    without one), kept until the results are out."""
+    values: dict[str, dict[str, float]]
+    write_picture: Callable[[], None] | None
 
 
 def _measure(input1: torch.utils.data.Dataset, input2: torch.utils.data.Dataset, names: list[str], *,
-             cache_name1: str | None, cache_name2: str, device: torch.device, batch: int, seed: int,
-             weights_path: str, verbose: bool, training: _Training | None = None,
-             nn_picture: str | None = None) -> dict[str, dict[str, float]]:
-    """All requested metrics of input1 against input2 -> {metric name: {result name: value}} (one feature pass per
-    input, shared by all metrics). Memorization and the nearest-neighbour picture search input1's neighbours in
-    `training`, calibrated by input2 as the held-out set; without `training`, in input2, calibrated leave-one-out
-    within input2 (an image and its x-flip are one image there)."""
+             device: torch.device, batch: int, seed: int, weights_path: str | None, vgg16_path: str | None,
+             verbose: bool, training: RealImages | None = None, nn_picture: str | None = None) -> _Measured:
+    """All requested metrics of input1 against input2: one Inception pass per input, shared by all metrics but
+    pr50k3_full, which makes a VGG16 pass (first, so that a bad VGG16 file stops the run before any other work).
+    Memorization and the nearest-neighbour picture search input1's neighbours in `training`, calibrated by input2 as
+    the held-out set; without `training`, in input2, calibrated leave-one-out within input2 (an image and its x-flip
+    are one image there). `weights_path` (Inception) may be None when only pr50k3_full is asked for."""
     n1, n2 = len(input1), len(input2)
     if min(n1, n2) < 2:
         raise MetricError(f"the metrics need at least 2 images on each side, got {n1} and {n2}")
     cuda = device.type == "cuda"
-    values = {}
+    values, write_picture = {}, None
     with torch.cuda.device(device) if cuda else contextlib.nullcontext():
-        extractor = feature_extractor(weights_path, [FEATURE_LAYER]).to(device)
-        if not cuda:
-            extractor = extractor.to(memory_format=CPU_MEMORY_FORMAT)
-        a, b = (_Input(x, name, extractor, cuda, batch, verbose) for x, name in ((input1, cache_name1),
-                                                                                 (input2, cache_name2)))
-        if "fid50k_full" in names:
-            values["fid50k_full"] = fid_statistics_to_metric(a.fid_statistics, b.fid_statistics,
-                                                             verbose)[torch_fidelity.KEY_METRIC_FID]
-        if "kid50k_full" in names:
-            kid = _call_fidelity(kid_features_to_metric, a.features, b.features, kid_subsets=KID_NUM_SUBSETS,
-                                 kid_subset_size=min(KID_MAX_SUBSET_SIZE, n1, n2), rng_seed=seed, verbose=verbose)
-            values["kid50k_full"] = kid[torch_fidelity.KEY_METRIC_KID_MEAN]
-        if PR_METRIC in names:
-            # Pairwise distances gen-gen, real-real and gen-real (twice), in blocks, on the evaluation device.
-            precision, recall = precision_recall(a.features.to(device), b.features.to(device))
-            values.update(zip(METRIC_SPECS[PR_METRIC].results, (precision, recall)))
-        t = b if training is None or training.cache_name == cache_name2 else \
-            _Input(training.images, training.cache_name, extractor, cuda, batch, verbose)
-        mem = None
-        if MEM_METRIC in names:
-            mem = memorization(a.features.to(device), t.features.to(device),
-                               None if training is None else b.features.to(device),
-                               training_groups=None if training is not None else _image_groups(b.images))
-            values[MEM_METRIC] = mem.fraction
-        if nn_picture is not None:
-            write_nearest_neighbour_picture(nn_picture, a.images, a.features.to(device), t.images,
-                                            t.features.to(device), threshold=None if mem is None else mem.threshold,
-                                            nearest=None if mem is None else mem.nearest)
-    return {n: {key: float(values[key]) for key in result_names([n])} for n in names}
+        if PR_FULL_METRIC in names:
+            values.update(zip(METRIC_SPECS[PR_FULL_METRIC].results,
+                              _vgg16_precision_recall(input1, input2, vgg16_path, device, batch, verbose)))
+        if weights_path is not None:
+            extractor = feature_extractor(weights_path, [FEATURE_LAYER]).to(device)
+            if not cuda:
+                extractor = extractor.to(memory_format=CPU_MEMORY_FORMAT)
+            a, b = (_Input(x, _cache_name(x, weights_path), extractor, FEATURE_LAYER, int(FEATURE_LAYER), cuda, batch,
+                           verbose) for x in (input1, input2))
+            if "fid50k_full" in names:
+                values["fid50k_full"] = fid_statistics_to_metric(a.fid_statistics, b.fid_statistics,
+                                                                 verbose)[torch_fidelity.KEY_METRIC_FID]
+            if "kid50k_full" in names:
+                kid = _call_fidelity(kid_features_to_metric, a.features, b.features, kid_subsets=KID_NUM_SUBSETS,
+                                     kid_subset_size=min(KID_MAX_SUBSET_SIZE, n1, n2), rng_seed=seed,
+                                     verbose=verbose)
+                values["kid50k_full"] = kid[torch_fidelity.KEY_METRIC_KID_MEAN]
+            if PR_METRIC in names:
+                # Pairwise distances gen-gen, real-real and gen-real (twice), in blocks, on the evaluation device.
+                precision, recall = precision_recall(a.features.to(device), b.features.to(device))
+                values.update(zip(METRIC_SPECS[PR_METRIC].results, (precision, recall)))
+            t = b if training is None or _cache_name(training, weights_path) == b.cache_name else \
+                _Input(training, _cache_name(training, weights_path), extractor, FEATURE_LAYER, int(FEATURE_LAYER),
+                       cuda, batch, verbose)
+            mem = None
+            if MEM_METRIC in names:
+                mem = memorization(a.features.to(device), t.features.to(device),
+                                   None if training is None else b.features.to(device),
+                                   training_groups=None if training is not None else _image_groups(b.images))
+                values[MEM_METRIC] = mem.fraction
+            if nn_picture is not None:
+                write_picture = functools.partial(
+                    write_nearest_neighbour_picture, nn_picture, a.images, a.features.to(device), t.images,
+                    t.features.to(device), threshold=None if mem is None else mem.threshold,
+                    nearest=None if mem is None else mem.nearest)
+    return _Measured({n: {key: float(values[key]) for key in result_names([n])} for n in names}, write_picture)
 
 
 def make_record(name: str, value: float | dict[str, float], *, num_gen: int, total_time: float,
@@ -379,11 +422,60 @@ def make_record(name: str, value: float | dict[str, float], *, num_gen: int, tot
                 total_time=float(total_time), timestamp=time.time(), **extra)
 
 
+def record_path(run_dir: str, metric: str) -> str:
+    """run_dir/metric-<name>.jsonl, the file of a metric's records."""
+    return os.path.join(run_dir, f"metric-{metric}.jsonl")
+
+
 def append_records(records: Sequence[dict], run_dir: str) -> None:
     """Append each record as one JSON line to run_dir/metric-<name>.jsonl (locked: concurrent writers lose nothing)."""
     for rec in records:
-        append_line(os.path.join(run_dir, f"metric-{rec['metric']}.jsonl"), json.dumps(rec))
+        append_line(record_path(run_dir, rec["metric"]), json.dumps(rec))
 
+
+# ---- writing the outputs: every file tried, every failure named ----------------------------------------------------
+
+class OutputWriteError(MetricError):
+    """The metrics were computed (and handed to `emit`), but an output file could not be written; the message names
+    each such file, why, and what to do."""
+
+
+_WRITE_CAUSES = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is used up",
+                 errno.EROFS: "the file system is read-only", errno.EACCES: "permission denied",
+                 errno.EPERM: "permission denied", errno.ENOENT: "its folder does not exist"}
+_RECORD_REMEDY = ("the record is in the output (calc_fid prints the records before writing them): append that line "
+                  "to the file once it can be written (free space or make the run directory writable)")
+_PICTURE_REMEDY = "free space or choose a writable --nn-picture path and run again (the metrics are unaffected)"
+
+
+def _write_all(writes: Sequence[tuple[str, str, Callable[[], None]]]) -> None:
+    """Run every (path, remedy, write), each even after another failed; then one OutputWriteError naming every file
+    that could not be written, the cause (ENOSPC, read-only, permissions...) and the remedy."""
+    failures = []
+    for path, remedy, write in writes:
+        try:
+            write()
+        except OSError as e:
+            cause = _WRITE_CAUSES.get(e.errno, e.strerror or str(e) or type(e).__name__)
+            failures.append(f"could not write {path}: {cause} ({e.strerror or e}); {remedy}")
+    if failures:
+        raise OutputWriteError("\n".join(failures))
+
+
+def _deliver(records: list[dict], emit: Callable[[list[dict]], None] | None, run_dir: str | None,
+             nn_picture: str | None, write_picture: Callable[[], None] | None) -> None:
+    """Hand the records to `emit` first, then write them to run_dir and the picture: a failed write loses no
+    result."""
+    if emit is not None:
+        emit(records)
+    writes = [(path, _RECORD_REMEDY, functools.partial(append_line, path, json.dumps(rec)))
+              for rec in records if run_dir is not None for path in [record_path(run_dir, rec["metric"])]]
+    if write_picture is not None:
+        writes.append((nn_picture, _PICTURE_REMEDY, write_picture))
+    _write_all(writes)
+
+
+# ---- the two entry points ------------------------------------------------------------------------------------------
 
 def _checked_names(metrics: Sequence[str], batch: int) -> list[str]:
     names = validate_metric_names(metrics)
@@ -394,8 +486,17 @@ def _checked_names(metrics: Sequence[str], batch: int) -> list[str]:
     return names
 
 
+def _weights_paths(names: list[str], nn_picture: str | None, inception_weights: str | None,
+                   vgg16_weights: str | None, verbose: bool) -> tuple[str | None, str | None]:
+    """(Inception weights, VGG16 weights), each resolved only when a requested output needs it, before any image
+    is processed: pr50k3_full alone needs no Inception."""
+    inception = resolve_weights_path(inception_weights, verbose=verbose) \
+        if nn_picture is not None or any(n != PR_FULL_METRIC for n in names) else None
+    return inception, vgg16.resolve_vgg16_path(vgg16_weights) if PR_FULL_METRIC in names else None
+
+
 def _training_set(training_data: str | None, training_mirror: bool, data: str, names: list[str],
-                  nn_picture: str | None, weights_path: str) -> _Training | None:
+                  nn_picture: str | None) -> RealImages | None:
     """The training set of the memorization metric and the picture (None when neither is asked for)."""
     if training_data is None and MEM_METRIC in names:
         raise MetricError(f"{MEM_METRIC} compares the generated images' distances to the training set with those of "
@@ -405,60 +506,63 @@ def _training_set(training_data: str | None, training_mirror: bool, data: str, n
         raise MetricError("the nearest-neighbour picture needs the training set to search (training_data)")
     if training_data is None or (MEM_METRIC not in names and nn_picture is None):
         return None
-    dataset = ImageFolderDataset(training_data, xflip=training_mirror)
-    return _Training(RealImages(dataset), dataset_cache_name(dataset, weights_path, training_mirror))
+    return RealImages(ImageFolderDataset(training_data, xflip=training_mirror), training_mirror)
 
 
 def evaluate_snapshot(G: torch.nn.Module, *, metrics: Sequence[str], data: str, num_gen: int | None = None,
                       mirror: bool = False, device: str | torch.device = "cpu", seed: int = 0, batch: int = 64,
                       snapshot_pkl: str | None = None, run_dir: str | None = None,
-                      inception_weights: str | None = None, verbose: bool = False, training_data: str | None = None,
-                      training_mirror: bool = False, nn_picture: str | None = None) -> list[dict]:
+                      inception_weights: str | None = None, vgg16_weights: str | None = None, verbose: bool = False,
+                      training_data: str | None = None, training_mirror: bool = False, nn_picture: str | None = None,
+                      emit: Callable[[list[dict]], None] | None = None) -> list[dict]:
     """Compare G's images (num_gen, default 50k) with the whole dataset `data` (x-flipped copies added with
     `mirror`); one record per metric, also appended to run_dir/metric-<name>.jsonl when run_dir is given.
     `snapshot_pkl` is stored relative to run_dir when inside it. Same seed and batch give the same values.
     The memorization metric needs `training_data` (x-flipped copies added with `training_mirror`), with `data` as
     the held-out images; `nn_picture` writes that PNG: the generated images nearest to the training set, each with
-    its nearest training images (evaluation.memorization)."""
+    its nearest training images (evaluation.memorization). pr50k3_full needs the VGG16 weights (`vgg16_weights`, or
+    a file at a default location: evaluation.vgg16). `emit` gets the records before any file is written; a failed
+    write raises OutputWriteError once every write was tried."""
     names = _checked_names(metrics, batch)
     start = time.time()
     device = torch.device(device)
     num = int(num_gen) if num_gen is not None else max(METRIC_SPECS[n].num_gen for n in names)
-    weights_path = resolve_weights_path(inception_weights, verbose=verbose)
-    training = _training_set(training_data, training_mirror, data, names, nn_picture, weights_path)
+    weights_path, vgg16_path = _weights_paths(names, nn_picture, inception_weights, vgg16_weights, verbose)
+    training = _training_set(training_data, training_mirror, data, names, nn_picture)
     real = ImageFolderDataset(data, use_labels=int(G.c_dim) > 0, xflip=mirror)
     G = copy.deepcopy(G).eval().requires_grad_(False).to(device)
     fake = GeneratedImages(G, num, seed=seed, batch=batch, label_source=real if int(G.c_dim) > 0 else None)
-    values = _measure(fake, RealImages(real), names, cache_name1=None,
-                      cache_name2=dataset_cache_name(real, weights_path, mirror), device=device, batch=batch,
-                      seed=seed, weights_path=weights_path, verbose=verbose, training=training,
-                      nn_picture=nn_picture)
+    measured = _measure(fake, RealImages(real, mirror), names, device=device, batch=batch, seed=seed,
+                        weights_path=weights_path, vgg16_path=vgg16_path, verbose=verbose, training=training,
+                        nn_picture=nn_picture)
     if run_dir is not None and snapshot_pkl is not None:
         rel = os.path.relpath(os.path.abspath(snapshot_pkl), os.path.abspath(run_dir))
         snapshot_pkl = rel if not rel.startswith("..") else snapshot_pkl
     elapsed = time.time() - start
-    records = [make_record(n, values[n], num_gen=num, total_time=elapsed, snapshot_pkl=snapshot_pkl) for n in names]
-    if run_dir is not None:
-        append_records(records, run_dir)
+    records = [make_record(n, measured.values[n], num_gen=num, total_time=elapsed, snapshot_pkl=snapshot_pkl)
+               for n in names]
+    _deliver(records, emit, run_dir, nn_picture, measured.write_picture)
     return records
 
 
 def evaluate_datasets(data: str, ref: str, *, metrics: Sequence[str], mirror: bool = False,
                       device: str | torch.device = "cpu", seed: int = 0, batch: int = 64,
-                      inception_weights: str | None = None, verbose: bool = False,
-                      nn_picture: str | None = None) -> list[dict]:
+                      inception_weights: str | None = None, vgg16_weights: str | None = None, verbose: bool = False,
+                      nn_picture: str | None = None, emit: Callable[[list[dict]], None] | None = None) -> list[dict]:
     """FID/KID between two datasets (e.g. two halves of one: the noise floor of FID on that many images). Both are
     cached; `mirror` x-flips both. num_gen in the records is the size of `data`. Memorization asks whether `data`'s
     images are copies of `ref`'s, calibrated by `ref`'s own leave-one-out nearest-neighbour distances (about 0.05
     for two disjoint samples of one distribution, 1 for a set against itself); `nn_picture` shows `data`'s images
-    nearest to `ref` with their nearest images in `ref`."""
+    nearest to `ref` with their nearest images in `ref`. `emit` and write failures as in evaluate_snapshot."""
     names = _checked_names(metrics, batch)
     start = time.time()
-    weights_path = resolve_weights_path(inception_weights, verbose=verbose)
+    weights_path, vgg16_path = _weights_paths(names, nn_picture, inception_weights, vgg16_weights, verbose)
     a, b = ImageFolderDataset(data, xflip=mirror), ImageFolderDataset(ref, xflip=mirror)
-    values = _measure(RealImages(a), RealImages(b), names, cache_name1=dataset_cache_name(a, weights_path, mirror),
-                      cache_name2=dataset_cache_name(b, weights_path, mirror), device=torch.device(device),
-                      batch=batch, seed=seed, weights_path=weights_path, verbose=verbose, nn_picture=nn_picture)
+    measured = _measure(RealImages(a, mirror), RealImages(b, mirror), names, device=torch.device(device),
+                        batch=batch, seed=seed, weights_path=weights_path, vgg16_path=vgg16_path, verbose=verbose,
+                        nn_picture=nn_picture)
     elapsed = time.time() - start
-    return [make_record(n, values[n], num_gen=len(a), total_time=elapsed, snapshot_pkl=None, data=data, ref=ref)
-            for n in names]
+    records = [make_record(n, measured.values[n], num_gen=len(a), total_time=elapsed, snapshot_pkl=None, data=data,
+                           ref=ref) for n in names]
+    _deliver(records, emit, None, nn_picture, measured.write_picture)
+    return records

@@ -71,5 +71,6 @@ def cached_tensors(path: str, max_data_bytes: int, check: Callable[[dict[str, to
         with atomic_write(path, "wb") as f:
             torch.save({k: v.detach().cpu().contiguous() for k, v in data.items()}, f)
     except OSError as e:  # a full or read-only cache folder costs time, not the result
-        warn(f"Could not write the metrics cache file {path} ({e.strerror or e}); continuing without it.")
+        warn(f"Could not write the metrics cache file {path} ({e.strerror or e}); continuing without it (the "
+             f"next run computes it again: free space, or set DNNLIB_CACHE_DIR to a writable folder, to keep it).")
     return data

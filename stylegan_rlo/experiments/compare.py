@@ -1,10 +1,12 @@
-"""Comparing adversarial objectives: fine-tune one checkpoint on one dataset once per (objective, k, seed) with the
-same budget and seeds, measure FID/KID against a reference set at every snapshot, and write the comparison
-(before/after image grids, metrics.png, summary.md, summary.json) into one output folder.
+"""Comparing adversarial objectives and other training options: fine-tune one checkpoint on one dataset once per
+(arm, seed) with the same budget and seeds, measure FID/KID against a reference set at every snapshot, and write the
+comparison (before/after image grids, metrics.png, summary.md, summary.json) into one output folder.
 
+An arm is a label plus the training options that set it apart (experiments.arms); all other options are shared.
 Every run starts from the same network, so its kimg-0 evaluation is computed once and shared. Training goes through
 the training library (setup_training_options + launch_training) and metrics through evaluation.metrics, so the run
-directories are ordinary ones (stats.jsonl, snapshots, metric-<name>.jsonl) that every other tool understands.
+directories are ordinary ones (stats.jsonl, snapshots, metric-<name>.jsonl) that every other tool understands. Runs
+happen one after another in this process, or N at a time in child processes (`jobs`, experiments.compare_run).
 """
 
 from __future__ import annotations
@@ -14,55 +16,39 @@ import json
 import math
 import os
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
-from PIL import Image, ImageDraw
 
 from stylegan_rlo.checkpoints.pickles import PickleError, load_network_pkl
 from stylegan_rlo.data.dataset import DatasetError, ImageFolderDataset
 from stylegan_rlo.errors import UserError
-from stylegan_rlo.evaluation.generate import generate_images, parse_int_list, seed_latents
-from stylegan_rlo.evaluation.metrics import (MetricError, append_records, evaluate_datasets, evaluate_snapshot,
-                                             validate_metric_names)
-from stylegan_rlo.experiments.compare_stats import (comparison_statistics, markdown_table, metric_cell,
+from stylegan_rlo.evaluation.generate import parse_int_list
+from stylegan_rlo.evaluation.metrics import MetricError, evaluate_datasets, evaluate_snapshot, validate_metric_names
+from stylegan_rlo.experiments.arms import Arm, changed_arms, check_arms
+from stylegan_rlo.experiments.compare_run import (METRIC_LABELS, RunJob, RunResult, format_seconds, format_values,
+                                                  grid_images, run_in_children, run_one, save_labelled_blocks)
+from stylegan_rlo.experiments.compare_stats import (arm_label, comparison_statistics, markdown_table, metric_cell,
                                                     statistics_markdown, value_names)
+from stylegan_rlo.experiments.jobs import gpu_groups
 from stylegan_rlo.fileio import atomic_write
-from stylegan_rlo.images import make_grid, save_png, to_uint8
-from stylegan_rlo.objectives import Objective
-from stylegan_rlo.training.best_snapshot import read_best, resolve_best_metric, update_best
+from stylegan_rlo.training.best_snapshot import resolve_best_metric
 from stylegan_rlo.training.config import setup_training_options
 from stylegan_rlo.training.options import TRAINING_OPTIONS
-from stylegan_rlo.training.launch import launch_training
 
 # Options the comparison sets itself for every run (the table's non-per-run ones, and exact_resume: each run keeps
-# its own seed); the rest of the training options may be passed through.
+# its own seed); the rest of the training options may be passed through, and the per-arm ones set by an arm.
 CONTROLLED_OPTIONS = tuple(option.name for option in TRAINING_OPTIONS if not option.per_run) + ("exact_resume",)
-METRIC_LABELS = {"fid50k_full": "FID", "kid50k_full": "KID", "pr50k3_inception_precision": "precision",
-                 "pr50k3_inception_recall": "recall"}
-HIGHER_IS_BETTER = ("pr50k3_inception_precision", "pr50k3_inception_recall")
+HIGHER_IS_BETTER = ("pr50k3_inception_precision", "pr50k3_inception_recall", "pr50k3_full_precision",
+                    "pr50k3_full_recall")
 START_LABEL = "start (shared)"
 MAX_SUMMARY_BYTES = 64 * 2**20  # a summary.json read back by --continue (real ones are kilobytes)
 
 
 class CompareError(UserError):
     """A comparison that cannot be run as asked; the message says which input is wrong and what to do."""
-
-
-def parse_objectives(text: str) -> list[Objective]:
-    """'logistic,rooted:8,rooted:2' -> objectives ('rooted' alone means k=8); duplicates are an error."""
-    out: list[Objective] = []
-    for part in str(text).split(","):
-        try:
-            obj = Objective.parse(part)
-        except UserError as e:
-            raise CompareError(f"--objectives: {e}") from None
-        if obj in out:
-            raise CompareError(f"objective {obj.label} is listed twice in {text!r}")
-        out.append(obj)
-    return out
 
 
 def parse_seeds(text: str) -> list[int]:
@@ -73,90 +59,11 @@ def parse_seeds(text: str) -> list[int]:
     return seeds
 
 
-# ---- small pieces --------------------------------------------------------------------------------------------------
-
-def _grid_labels(G: torch.nn.Module, n: int) -> torch.Tensor:
-    """Labels for n grid images: none for unconditional networks, classes in turn for conditional ones."""
-    c_dim = int(G.c_dim)
-    c = torch.zeros([n, c_dim])
-    if c_dim:
-        c[torch.arange(n), torch.arange(n) % c_dim] = 1
-    return c
-
-
-def grid_images(G: torch.nn.Module, grid: tuple[int, int], device: torch.device) -> np.ndarray:
-    """uint8 NHWC images of seeds 0..cols*rows-1 (official seed -> z, constant noise): the same z for every network."""
-    n = grid[0] * grid[1]
-    G = G.eval().requires_grad_(False).to(device)
-    return to_uint8(generate_images(G, seed_latents(range(n), int(G.z_dim)), _grid_labels(G, n), batch=64))
-
-
-def save_labelled_blocks(blocks: Sequence[tuple[str, np.ndarray]], grid: tuple[int, int], path: str) -> None:
-    """One PNG: for each (title, uint8 NHWC images) a title strip above a cols x rows grid of the images; images
-    smaller than 64 pixels are enlarged (nearest neighbour) to at least 64 so that they can be seen."""
-    parts = []
-    for title, images in blocks:
-        zoom = max(1, 64 // images.shape[1])
-        tiles = make_grid(images.repeat(zoom, axis=1).repeat(zoom, axis=2), *grid)
-        strip = Image.new("L" if tiles.shape[2] == 1 else "RGB", (tiles.shape[1], 14), 255)
-        ImageDraw.Draw(strip).text((2, 1), title, fill=0)
-        strip_arr = np.asarray(strip).reshape(14, tiles.shape[1], tiles.shape[2])
-        parts += [strip_arr, tiles]
-    save_png(np.concatenate(parts), path)
-
-
-def _stats_by_kimg(run_dir: str) -> dict[float, dict]:
-    """stats.jsonl of a run keyed by Progress/kimg (rounded to 1e-3)."""
-    out = {}
-    with open(os.path.join(run_dir, "stats.jsonl"), encoding="utf-8") as f:
-        for line in f:
-            if line.strip():
-                rec = json.loads(line)
-                out[round(rec["Progress/kimg"]["mean"], 3)] = rec
-    return out
-
-
-def _snapshots(run_dir: str) -> list[str]:
-    return sorted(glob.glob(os.path.join(run_dir, "network-snapshot-*.pkl")))
-
-
-def _format_seconds(seconds: float | None) -> str:
-    if seconds is None:
-        return "-"
-    s = int(round(seconds))
-    return f"{s} s" if s < 60 else f"{s // 60}m {s % 60:02d}s"
-
-
 # ---- the comparison ------------------------------------------------------------------------------------------------
 
-@dataclass
-class RunPlan:
-    """One fine-tuning run before it starts: its objective, seed, run description and training_loop options."""
-    objective: Objective
-    seed: int
-    desc: str
-    options: dict
-
-
-@dataclass
-class RunResult:
-    """One fine-tuning run: its options, where it lives and its metric points (kimg relative to the start)."""
-    objective: str
-    loss: str
-    k: float | None
-    seed: int
-    run_dir: str
-    points: list[dict]
-    train_sec: float = 0.0
-    eval_sec: float = 0.0
-    best: dict | None = None  # best-<metric>.json of the run: its best snapshot by the tracked metric
-
-
-def _validate(network: str, data: str, ref: str, objectives: Sequence[Objective], seeds: Sequence[int], kimg: float,
-              snap_kimg: float, metrics: Sequence[str], metrics_num: int | None,
-              train_options: dict) -> tuple[list[str], ImageFolderDataset, ImageFolderDataset]:
-    if not objectives:
-        raise CompareError("no objectives given; e.g. --objectives logistic,rooted:8")
+def _validate(network: str, data: str, ref: str, seeds: Sequence[int], kimg: float, snap_kimg: float,
+              metrics: Sequence[str], metrics_num: int | None, train_options: dict,
+              jobs: int) -> tuple[list[str], ImageFolderDataset, ImageFolderDataset]:
     if not seeds:
         raise CompareError("no seeds given; e.g. --seeds 0,1")
     for value, name in ((kimg, "kimg"), (snap_kimg, "snap-kimg")):
@@ -168,6 +75,8 @@ def _validate(network: str, data: str, ref: str, objectives: Sequence[Objective]
     if snap_kimg < 1 and snap_kimg != kimg:
         raise CompareError(f"--snap-kimg {snap_kimg:g}: snapshots are named by whole kimg, so intervals below 1 "
                            f"would overwrite each other; use at least 1 (or one snapshot: --snap-kimg = --kimg)")
+    if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
+        raise CompareError(f"--jobs must be a whole number of at least 1, got {jobs!r}")
     try:
         names = validate_metric_names(list(metrics))
     except MetricError as e:
@@ -179,7 +88,8 @@ def _validate(network: str, data: str, ref: str, objectives: Sequence[Objective]
         raise CompareError(f"--metrics-num must be an integer of at least 2, got {metrics_num!r}")
     clash = sorted(set(train_options) & set(CONTROLLED_OPTIONS))
     if clash:
-        raise CompareError(f"training option(s) {clash} are set by the comparison itself; use its own arguments")
+        raise CompareError(f"training option(s) {clash} are set by the comparison itself; use its own arguments "
+                           f"(loss and k: an arm's options)")
     if not os.path.exists(network) and "://" not in network:
         raise CompareError(f"--network {network}: file not found")
     datasets = []
@@ -196,25 +106,34 @@ def _validate(network: str, data: str, ref: str, objectives: Sequence[Objective]
     return names, a, b
 
 
-def compare_objectives(*, network: str, data: str, ref: str, objectives: Sequence[Objective], seeds: Sequence[int],
+def _run_desc(arm: Arm, seed: int) -> str:
+    """The run directory's extra description: the arm's label (unless the objective's name in the directory name
+    already is the label, as for --objectives) and the seed."""
+    return f"seed{seed}" if arm.label == arm.objective.slug else f"{arm.label}-seed{seed}"
+
+
+def compare_objectives(*, network: str, data: str, ref: str, arms: Sequence[Arm], seeds: Sequence[int],
                        kimg: float, snap_kimg: float, outdir: str,
                        metrics: Sequence[str] = ("fid50k_full", "kid50k_full"), metrics_num: int | None = None,
                        device: str = "auto", train_options: dict | None = None,
                        grid: tuple[int, int] = (8, 4), best_metric: str | None = None,
                        metric_seed: int = 0, inception_weights: str | None = None, resume: bool = False,
-                       log: Callable[[str], Any] = print, show_progress: bool = True) -> dict:
-    """Fine-tune `network` on `data` for `kimg` (on top of its own progress) once per objective and seed, with
-    FID/KID against `ref` every `snap_kimg`; write the comparison into `outdir`; return the summary dict.
+                       jobs: int = 1, log: Callable[[str], Any] = print, show_progress: bool = True) -> dict:
+    """Fine-tune `network` on `data` for `kimg` (on top of its own progress) once per arm and seed, with FID/KID
+    against `ref` every `snap_kimg`; write the comparison into `outdir`; return the summary dict.
 
-    `train_options` are further setup_training_options keywords (batch, gamma, mirror, aug, ema_kimg, ...), the same
-    for all runs (set ema_kimg for short runs: the preset's G_ema half-life of 10 kimg is too long for them). Each
-    run keeps its best snapshot by `best_metric` (default: the first metric). Every run's options are validated
-    before the first one starts. An `outdir` that already holds a comparison is refused unless `resume`: then the
-    runs it finished (with the same settings) are kept and only the missing ones run.
+    `train_options` are further setup_training_options keywords (batch, gamma, mirror, aug, ema_kimg, ...), shared
+    by all runs; an arm's options (experiments.arms) override them for its runs (set ema_kimg for short runs: the
+    preset's G_ema half-life of 10 kimg is too long for them). Each run keeps its best snapshot by `best_metric`
+    (default: the first metric). Every run's options are validated before the first one starts. `jobs` > 1 runs that
+    many runs at once in child processes (the results do not depend on it). An `outdir` that already holds a
+    comparison is refused unless `resume`: then the runs it finished (with the same settings) are kept and only the
+    missing ones run.
     """
+    arms = check_arms(arms)
     train_options = dict(train_options or {})
-    names, data_set, ref_set = _validate(network, data, ref, objectives, seeds, kimg, snap_kimg, metrics,
-                                         metrics_num, train_options)
+    names, data_set, ref_set = _validate(network, data, ref, seeds, kimg, snap_kimg, metrics, metrics_num,
+                                         train_options, jobs)
     try:
         best_metric = resolve_best_metric(best_metric, names)  # each run keeps best-<metric>.pkl
     except UserError as e:
@@ -227,38 +146,36 @@ def compare_objectives(*, network: str, data: str, ref: str, objectives: Sequenc
     start_nimg = int((start.get("progress") or {}).get("cur_nimg", 0))
     start_kimg = start_nimg / 1000
 
-    plans = []
-    for obj in objectives:
+    plans = []  # (arm, seed, run description, training_loop options)
+    for arm in arms:
         for seed in seeds:
             try:
                 desc, options = setup_training_options(
-                    data=data, resume=network, loss=obj.name, k=obj.k, seed=seed, kimg=start_kimg + kimg,
-                    tick=snap_kimg, snap=1, device=device, desc=f"seed{seed}", exact_resume=False,
-                    **train_options)  # a training state would replace each run's seed with the stored RNG
+                    data=data, resume=network, seed=seed, kimg=start_kimg + kimg, tick=snap_kimg, snap=1,
+                    device=device, desc=_run_desc(arm, seed), exact_resume=False,
+                    **dict(train_options, **arm.options))  # a training state would replace each run's seed
             except UserError as e:
-                raise CompareError(f"{obj.label}, seed {seed}: {e}") from e
-            plans.append(RunPlan(obj, seed, desc, options))
-    first = plans[0].options
+                raise CompareError(f"arm {arm.label}, seed {seed}: {e}") from e
+            plans.append((arm, seed, desc, options))
+    first = plans[0][3]
     run_device = torch.device(first.device)
     os.makedirs(outdir, exist_ok=True)
-    weights = dict(inception_weights=inception_weights)
-    config = dict(network=network, data=data, ref=ref, outdir=outdir,
-                  objectives=[dict(loss=o.name, k=o.k) for o in objectives],
+    config = dict(network=network, data=data, ref=ref, outdir=outdir, arms=[arm.to_json() for arm in arms],
                   seeds=list(seeds), kimg=kimg, snap_kimg=snap_kimg, start_kimg=start_kimg, metrics=names,
                   metrics_num=metrics_num, metric_seed=metric_seed, device=str(run_device), best_metric=best_metric,
                   batch=first.batch_size, ema_kimg=first.ema_kimg, train_options=train_options,
                   num_data=len(data_set), num_ref=len(ref_set), mirror=bool(first.training_set_kwargs["xflip"]))
-    finished = _finished_runs(outdir, config, resume, log)
-    timings: dict[str, float] = {}
-    num_runs = len(plans)
-    log(f"Comparing {num_runs} run(s): {', '.join(o.label for o in objectives)} x seeds "
-        f"{', '.join(map(str, seeds))}; {kimg:g} kimg each, FID/KID every {snap_kimg:g} kimg on {run_device}")
+    finished = _finished_runs(outdir, config, arms, resume, log)
+    timings: dict[str, float] = dict(jobs=jobs)
+    log(f"Comparing {len(plans)} run(s): arms {', '.join(a.label for a in arms)} x seeds "
+        f"{', '.join(map(str, seeds))}; {kimg:g} kimg each, FID/KID every {snap_kimg:g} kimg on {run_device}"
+        + (f", {jobs} runs at a time" if jobs > 1 else ""))
 
     t0 = time.time()
     log(f"Noise floor: {', '.join(names)} of {data} ({len(data_set)} images) against {ref} ({len(ref_set)})...")
-    floor = {k: v for r in evaluate_datasets(data, ref, metrics=names, device=run_device, seed=metric_seed, **weights)
-             for k, v in r["results"].items()}
-    log("Noise floor: " + _format_values(floor))
+    floor = {k: v for r in evaluate_datasets(data, ref, metrics=names, device=run_device, seed=metric_seed,
+                                             inception_weights=inception_weights) for k, v in r["results"].items()}
+    log("Noise floor: " + format_values(floor))
     timings["noise_floor_sec"] = time.time() - t0
 
     t0 = time.time()
@@ -267,60 +184,57 @@ def compare_objectives(*, network: str, data: str, ref: str, objectives: Sequenc
         f"generated images against {ref}...")
     start_records = evaluate_snapshot(G0, metrics=names, data=ref, num_gen=metrics_num, device=run_device,
                                       seed=metric_seed, snapshot_pkl=os.path.abspath(network), verbose=show_progress,
-                                      **weights)
+                                      inception_weights=inception_weights)
     start_records = [dict(r, kimg=0.0, shared_start=True) for r in start_records]
     start_point = dict(kimg=0.0, wall_sec=0.0, snapshot=os.path.abspath(network),
                        **{k: v for r in start_records for k, v in r["results"].items()})
-    log("Start network: " + _format_values(start_point))
+    log("Start network: " + format_values(start_point))
     before = grid_images(G0, grid, run_device)
     save_labelled_blocks([("before (start network)", before)], grid, os.path.join(outdir, "grid-start.png"))
     timings["start_eval_sec"] = time.time() - t0
     del G0, start
-    done = dict(finished)  # (objective label, seed) -> RunResult; summaries list them in plan order
 
-    def finished_in_order() -> list[RunResult]:
-        return [done[p.objective.label, p.seed] for p in plans if (p.objective.label, p.seed) in done]
+    done = dict(finished)  # (arm label, seed) -> RunResult; summaries list them in plan order
+    order = [(arm.label, seed) for arm, seed, _desc, _options in plans]
 
-    write_outputs(_summary(config, floor, start_point, finished_in_order(), timings), outdir)
-    for i, plan in enumerate(plans):
-        obj, seed = plan.objective, plan.seed
-        if (obj.label, seed) in finished:
-            log(f"[run {i + 1}/{num_runs}] {obj.label}, seed {seed}: kept from the earlier comparison "
-                f"({finished[obj.label, seed].run_dir})")
-            continue
-        log(f"\n[run {i + 1}/{num_runs}] {obj.label}, seed {seed}: fine-tuning for {kimg:g} kimg...")
-        t0 = time.time()
-        run_dir = launch_training(plan.desc, plan.options, os.path.join(outdir, "runs"), show_progress=show_progress)
-        train_sec = time.time() - t0
-        log(f"[run {i + 1}/{num_runs}] trained in {_format_seconds(train_sec)}: {run_dir}")
-        t0 = time.time()
-        append_records(start_records, run_dir)
-        result = RunResult(objective=obj.label, loss=obj.name, k=obj.k, seed=seed, run_dir=run_dir,
-                           points=[dict(start_point)], train_sec=train_sec)
-        result.points += _evaluate_run(run_dir, names, ref, metrics_num, run_device, metric_seed, start_nimg, trust,
-                                       weights, show_progress, log, f"[run {i + 1}/{num_runs}]")
-        for point in result.points[1:] if best_metric else ():
-            update_best(run_dir, best_metric, point[best_metric], os.path.join(run_dir, point["snapshot"]),
-                        point["kimg"])
-        result.best = read_best(run_dir, best_metric) if best_metric else None
-        final = load_network_pkl(_snapshots(run_dir)[-1], trust_pickle=trust)
-        after = grid_images(final["G_ema"], grid, run_device)
-        final_kimg = result.points[-1]["kimg"]
-        save_labelled_blocks([("before (start network)", before),
-                              (f"after {final_kimg:g} kimg, {obj.label}, seed {seed}", after)], grid,
-                             os.path.join(outdir, f"grid-{obj.slug}-seed{seed}.png"))
-        result.eval_sec = time.time() - t0
-        done[obj.label, seed] = result
-        write_outputs(_summary(config, floor, start_point, finished_in_order(), timings), outdir)
-        log(f"[run {i + 1}/{num_runs}] done; {outdir}/summary.md updated")
-    summary = _summary(config, floor, start_point, finished_in_order(), timings)  # as last written
+    def record(job: RunJob, result: RunResult) -> None:
+        done[result.arm, result.seed] = result
+        timings["runs_wall_sec"] = time.time() - runs_t0
+        write_outputs(_summary(config, floor, start_point, [done[key] for key in order if key in done], timings),
+                      outdir)
+        final = result.points[-1]
+        log(f"{job.prefix} {job.name}: done in {format_seconds(result.train_sec + result.eval_sec)} (training "
+            f"{format_seconds(result.train_sec)}); kimg {final['kimg']:g}: {format_values(final)}; "
+            f"{outdir}/summary.md updated")
+
+    write_outputs(_summary(config, floor, start_point, [done[key] for key in order if key in done], timings), outdir)
+    todo = []
+    for i, (arm, seed, desc, options) in enumerate(plans):
+        job = RunJob(index=i, total=len(plans), arm=arm.to_json(), seed=seed, desc=desc, options=options, kimg=kimg,
+                     outdir=outdir, names=names, ref=ref, metrics_num=metrics_num, device=str(run_device),
+                     metric_seed=metric_seed, start_nimg=start_nimg, trust=trust, inception_weights=inception_weights,
+                     best_metric=best_metric, grid=list(grid), start_records=start_records, start_point=start_point)
+        if (arm.label, seed) in finished:
+            log(f"{job.prefix} {job.name}: kept from the earlier comparison ({finished[arm.label, seed].run_dir})")
+        else:
+            todo.append(job)
+    runs_t0 = time.time()
+    if jobs > 1 and len(todo) > 1:
+        run_in_children(todo, jobs, before, gpu_groups(str(run_device), first.num_gpus), record, log)
+    else:
+        for job in todo:
+            log("")
+            record(job, run_one(job, before, log, show_progress))
+    summary = _summary(config, floor, start_point, [done[key] for key in order if key in done], timings)
     log(f"\nWrote {outdir}: summary.md, summary.json, metrics.png, grid-*.png, runs/")
     return summary
 
 
-def _finished_runs(outdir: str, config: dict, resume: bool, log: Callable[[str], Any]) -> dict[tuple, RunResult]:
-    """The runs an earlier comparison in `outdir` finished, by (objective label, seed); {} for a new outdir. Refuses
-    an existing comparison unless `resume`, and one made with other settings (its runs would not be comparable)."""
+def _finished_runs(outdir: str, config: dict, arms: Sequence[Arm], resume: bool,
+                   log: Callable[[str], Any]) -> dict[tuple, RunResult]:
+    """The runs an earlier comparison in `outdir` finished, by (arm label, seed); {} for a new outdir. Refuses an
+    existing comparison unless `resume`, and one made with other settings or arms (its runs would not be
+    comparable), naming the arms that changed."""
     path = os.path.join(outdir, "summary.json")
     if not os.path.exists(path):
         return {}
@@ -335,53 +249,26 @@ def _finished_runs(outdir: str, config: dict, resume: bool, log: Callable[[str],
             previous = json.load(f)
         old_config = {k: v for k, v in previous["config"].items() if k != "outdir"}
         old_runs = [RunResult(**run) for run in previous["runs"]]
+        arm_changes = changed_arms(old_config["arms"], arms)
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
         raise CompareError(f"--continue: {path} is not a comparison summary this version can read ({e!r}); "
                            f"choose another --outdir") from None
+    if arm_changes:
+        raise CompareError(f"--continue: the comparison in {outdir} was made with other arms ({'; '.join(arm_changes)}"
+                           f"); continue it with the same arms, or choose another --outdir")
     new_config = {k: v for k, v in json.loads(json.dumps(config)).items() if k != "outdir"}
     changed = sorted(k for k in old_config.keys() | new_config.keys() if old_config.get(k) != new_config.get(k))
     if changed:
         raise CompareError(f"--continue: the comparison in {outdir} was made with other settings "
                            f"({', '.join(changed)} differ); continue it with the same options, or choose another "
                            f"--outdir")
-    kept = {(run.objective, run.seed): run for run in old_runs if os.path.isdir(run.run_dir)}
+    kept = {(run.arm, run.seed): run for run in old_runs if os.path.isdir(run.run_dir)}
     kept_dirs = {os.path.abspath(run.run_dir) for run in kept.values()}
     for folder in sorted(glob.glob(os.path.join(outdir, "runs", "*"))):
         if os.path.isdir(folder) and os.path.abspath(folder) not in kept_dirs:
             log(f"Continuing: {folder} did not finish; it is left as it was and its run starts again")
     log(f"Continuing the comparison in {outdir}: {len(kept)} finished run(s) kept")
     return kept
-
-
-def _format_values(values: dict) -> str:
-    return ", ".join(f"{METRIC_LABELS.get(n, n)} {values[n]:.4g}" for n in METRIC_LABELS if n in values)
-
-
-def _evaluate_run(run_dir: str, names: list[str], ref: str, metrics_num: int | None, device: torch.device,
-                  metric_seed: int, start_nimg: int, trust: bool, weights: dict, show_progress: bool,
-                  log: Callable[[str], Any], prefix: str) -> list[dict]:
-    """FID/KID of every snapshot of a finished run (except one taken after a fresh run's first iteration), appended
-    to its metric-<name>.jsonl with the kimg since the start; returns the points."""
-    stats = _stats_by_kimg(run_dir)
-    points = []
-    for path in _snapshots(run_dir):
-        snap = load_network_pkl(path, trust_pickle=trust)
-        progress = snap.get("progress") or {}
-        if progress.get("cur_tick") == 0:
-            continue  # a fresh run's tick 0 comes after one iteration: the shared start evaluation stands for it
-        kimg = (int(progress["cur_nimg"]) - start_nimg) / 1000
-        log(f"{prefix} evaluating {os.path.basename(path)} (kimg {kimg:g})...")
-        records = evaluate_snapshot(snap["G_ema"], metrics=names, data=ref, num_gen=metrics_num, device=device,
-                                    seed=metric_seed, snapshot_pkl=os.path.basename(path), verbose=show_progress,
-                                    **weights)
-        records = [dict(r, kimg=kimg) for r in records]
-        append_records(records, run_dir)
-        tick = stats.get(round(int(progress["cur_nimg"]) / 1000, 3))
-        point = dict(kimg=kimg, wall_sec=tick["Timing/total_sec"]["mean"] if tick else None,
-                     snapshot=os.path.basename(path), **{k: v for r in records for k, v in r["results"].items()})
-        log(f"{prefix} kimg {kimg:g}: " + _format_values(point))
-        points.append(point)
-    return points
 
 
 def _summary(config: dict, floor: dict, start: dict, results: Sequence[RunResult], timings: dict) -> dict:
@@ -407,23 +294,22 @@ def summary_markdown(summary: dict) -> str:
     """The human-readable comparison: set-up, noise floor, final and per-snapshot tables (and seed means)."""
     cfg, floor, runs = summary["config"], summary["noise_floor"], summary["runs"]
     names = value_names(summary)
-    header = ["objective", "k", "seed", "kimg"] + [METRIC_LABELS.get(n, n) for n in names] + ["wall time"]
+    header = ["arm", "seed", "kimg"] + [METRIC_LABELS.get(n, n) for n in names] + ["wall time"]
 
     def row(run: dict | None, point: dict) -> list[str]:
-        ident = [START_LABEL, "-", "-"] if run is None else \
-            [run["loss"], "-" if run["k"] is None else f"{run['k']:g}", str(run["seed"])]
+        ident = [START_LABEL, "-"] if run is None else [arm_label(run), str(run["seed"])]
         return ident + [f"{point['kimg']:g}"] + [metric_cell(n, point.get(n)) for n in names] + \
-            [_format_seconds(point.get("wall_sec")) if run is not None else "-"]
+            [format_seconds(point.get("wall_sec")) if run is not None else "-"]
 
     num = cfg["metrics_num"] if cfg["metrics_num"] is not None else "50k (default)"
     lines = [
-        "# Objective comparison", "",
+        "# Comparison", "",
         f"Start network `{cfg['network']}` (at {cfg['start_kimg']:g} kimg of its own training; kimg below counts "
         f"from there), fine-tuned on `{cfg['data']}` ({cfg['num_data']} images"
         f"{', x-flips added' if cfg['mirror'] else ''}) for {cfg['kimg']:g} kimg per run, batch {cfg['batch']}, "
         f"on {cfg['device']}. Same seeds, budget and options for every run"
-        + (f" (extra training options: {', '.join(f'{k}={v}' for k, v in cfg['train_options'].items())})"
-           if cfg["train_options"] else "") + ".",
+        + (f" (shared training options: {', '.join(f'{k}={v}' for k, v in cfg['train_options'].items())})"
+           if cfg["train_options"] else "") + "; the arms differ only in their own options (below).",
         f"Metrics: {num} generated images (fixed latents, metric seed {cfg['metric_seed']}) against "
         f"`{cfg['ref']}` ({cfg['num_ref']} images), every {cfg['snap_kimg']:g} kimg. "
         "Wall time: training time up to that snapshot (from stats.jsonl; metric evaluation not included).", "",
@@ -434,8 +320,12 @@ def summary_markdown(summary: dict) -> str:
         "A generator as good as the training set itself would score about this; differences between runs smaller "
         "than the spread between seeds mean nothing. FID is biased upward for small samples, so it is comparable "
         "with the floor only when the number of generated images equals the training set size; KID is unbiased.", "",
-        "## Final snapshot of each run", "",
     ]
+    if cfg.get("arms"):
+        lines += ["## Arms", "", "Paired differences are against the first arm.", ""]
+        lines += markdown_table([[a["label"], Arm(a["label"], a["options"]).description] for a in cfg["arms"]],
+                                ["arm", "options"]) + [""]
+    lines += ["## Final snapshot of each run", ""]
     start = summary["start"]
     finals = [row(r, r["points"][-1]) for r in runs if len(r["points"]) > 1]
     lines += markdown_table([row(None, start)] + finals, header)
@@ -444,24 +334,27 @@ def summary_markdown(summary: dict) -> str:
         label = METRIC_LABELS.get(best, best)
         lines += ["", f"## Best snapshot of each run (by {label})", "",
                   f"Kept in each run directory as `best-{best}.pkl` (with `best-{best}.json`).", ""]
-        lines += markdown_table([[r["loss"], "-" if r["k"] is None else f"{r['k']:g}", str(r["seed"]),
-                          f"{r['best']['kimg']:g}", metric_cell(best, r["best"]["value"]), r["best"]["snapshot"]]
-                         for r in runs if r.get("best")], ["objective", "k", "seed", "kimg", label, "snapshot"])
+        lines += markdown_table([[arm_label(r), str(r["seed"]), f"{r['best']['kimg']:g}",
+                                  metric_cell(best, r["best"]["value"]), r["best"]["snapshot"]]
+                                 for r in runs if r.get("best")], ["arm", "seed", "kimg", label, "snapshot"])
     if runs:
         lines += [""] + statistics_markdown(comparison_statistics(summary), names, METRIC_LABELS)
     lines += ["", "## Every snapshot", ""]
     lines += markdown_table([row(None, start)] + [row(r, p) for r in runs for p in r["points"][1:]], header)
     t = summary["timings"]
-    lines += ["", f"Time: noise floor {_format_seconds(t.get('noise_floor_sec'))}, start network "
-                  f"{_format_seconds(t.get('start_eval_sec'))}, training {_format_seconds(t['train_sec'])}, "
-                  f"snapshot evaluation and grids {_format_seconds(t['eval_sec'])}.",
+    in_parallel = f" ({t['jobs']} at a time)" if t.get("jobs", 1) > 1 else ""
+    lines += ["", f"Time: noise floor {format_seconds(t.get('noise_floor_sec'))}, start network "
+                  f"{format_seconds(t.get('start_eval_sec'))}, training {format_seconds(t['train_sec'])}, "
+                  f"snapshot evaluation and grids {format_seconds(t['eval_sec'])} (summed over the runs)"
+              + (f"; the runs took {format_seconds(t['runs_wall_sec'])}{in_parallel}" if "runs_wall_sec" in t
+                 else "") + ".",
               "Run directories: " + ", ".join(f"`{os.path.relpath(r['run_dir'], cfg['outdir'])}`" for r in runs)
               + ".", ""]
     return "\n".join(lines)
 
 
 def plot_metrics(summary: dict, path: str) -> None:
-    """metrics.png: each metric against kimg: per objective the mean over seeds with a +-sd band, each run as a
+    """metrics.png: each metric against kimg: per arm the mean over seeds with a +-sd band, each run as a
     thin line, the noise floor dashed."""
     import matplotlib  # start-up: matplotlib loads only when a plot is drawn (not on the commands' import path)
     matplotlib.use("Agg")
@@ -470,8 +363,8 @@ def plot_metrics(summary: dict, path: str) -> None:
     fig, axes = plt.subplots(1, len(names), figsize=(5.5 * len(names), 4), squeeze=False)
     stats = comparison_statistics(summary)
     for ax, name in zip(axes[0], names):
-        for i, (label, obj) in enumerate(stats["objectives"].items()):
-            for r in (r for r in summary["runs"] if r["objective"] == label):
+        for i, (label, obj) in enumerate(stats["arms"].items()):
+            for r in (r for r in summary["runs"] if arm_label(r) == label):
                 ax.plot([p["kimg"] for p in r["points"]], [p[name] for p in r["points"]], color=f"C{i}",
                         linewidth=0.7, alpha=0.35)
             snaps = [s for s in obj["snapshots"] if s[name]["mean"] is not None]

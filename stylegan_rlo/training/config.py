@@ -20,12 +20,16 @@ from stylegan_rlo.data.dataset import DatasetError, ImageFolderDataset
 from stylegan_rlo.devices import parse_device
 from stylegan_rlo.errors import UserError
 from stylegan_rlo.model.augment import AUGPIPE_SPECS
+from stylegan_rlo.model.diffaugment import parse_policy
 from stylegan_rlo.objectives import Objective
 from stylegan_rlo.training import adapt_resolution as adapt
 from stylegan_rlo.training import state as training_state
 from stylegan_rlo.training.best_snapshot import resolve_best_metric
+from stylegan_rlo.training.loss import DEFAULT_LECAM_DECAY
 from stylegan_rlo.training.options import (CFG_SPECS, DEFAULT_AUGPIPE, DEFAULT_CMAX, DEFAULT_TARGET, OPTIONS_BY_NAME,
                                            TrainingOptionsError, parse_metrics, resolve_options)
+from stylegan_rlo.training.snapshot_metrics import check_held_out
+from stylegan_rlo.training.state_checks import check_progress
 
 MIN_RESOLUTION = 4  # the networks' first block is 4x4
 OFFICIAL_DATASET_CLASS = "training.dataset.ImageFolderDataset"  # class_name recorded in snapshots, as upstream
@@ -207,6 +211,7 @@ class StartingPoint:
     transfer: dict | None = None  # the --adapt-resolution report
     state_path: str | None = None  # the training-state file of an exact resume
     state_schedule: dict | None = None  # the schedule values recorded in it
+    state_run: dict | None = None  # the run identity recorded in it (training_state.run_identity)
 
 
 def _read_starting_point(o: EasyDict, spec: EasyDict, data: EasyDict, exact_resume: bool) -> StartingPoint:
@@ -224,7 +229,7 @@ def _read_starting_point(o: EasyDict, spec: EasyDict, data: EasyDict, exact_resu
     explicit = dict(cbase=o.cbase, cmax=o.cmax, map_depth=o.map_depth)
     G_kwargs, D_kwargs = _resumed_networks(resume_data, o.resume, spec, o.cfg, data.resolution, data.channels,
                                            data.c_dim, explicit, adapt_resolution=o.adapt_resolution)
-    progress = resume_data.get("progress") or {}
+    progress = check_progress(resume_data.get("progress"), o.resume)
     start = StartingPoint(G_kwargs, D_kwargs, resumed=True, start_kimg=progress.get("cur_nimg", 0) / 1000)
     if o.adapt_resolution:
         start.G_kwargs, start.D_kwargs, start.transfer = adapt.adapt(resume_data, G_kwargs, D_kwargs,
@@ -234,8 +239,8 @@ def _read_starting_point(o: EasyDict, spec: EasyDict, data: EasyDict, exact_resu
     elif exact_resume:
         path = training_state.find_state(o.resume)
         if path is not None:
-            start.state_schedule = training_state.read(path, progress=progress)["schedule"]
-            start.state_path = path
+            state = training_state.read(path, progress=progress)
+            start.state_schedule, start.state_run, start.state_path = state["schedule"], state.get("run"), path
     return start
 
 
@@ -297,6 +302,22 @@ def _augmentation(o: EasyDict) -> EasyDict:
     return EasyDict(augment_p=0.0 if p is None else p, ada_target=target, augment_kwargs=augment_kwargs)
 
 
+def _regularization(o: EasyDict) -> dict:
+    """--lecam, --lecam-decay, --diffaugment: their StyleGAN2Loss kwargs (DiffAugment replaces ADA, as in the
+    authors' StyleGAN2-ADA fork, so it needs --aug noaug; the two are not stacked)."""
+    if o.lecam_decay is not None and not o.lecam:
+        raise TrainingOptionsError("--lecam-decay needs --lecam (a LeCam weight above 0)")
+    try:
+        policies = parse_policy(o.diffaugment)
+    except ValueError as e:
+        raise TrainingOptionsError(f"--diffaugment: {e}") from None
+    if policies and o.aug != "noaug":
+        raise TrainingOptionsError(f"--diffaugment {','.join(policies)} replaces ADA's augmentation (as in the "
+                                   f"DiffAugment reference code), but --aug is {o.aug}; pass --aug noaug with it")
+    return dict(lecam_weight=o.lecam, lecam_decay=DEFAULT_LECAM_DECAY if o.lecam_decay is None else o.lecam_decay,
+                diffaugment=",".join(policies) if policies else None)
+
+
 def _network_kwargs(o: EasyDict, start: StartingPoint) -> tuple[dict, dict]:
     """The starting networks' G/D kwargs (fresh, or the resumed pickle's own) with --mbstd-group, --freezed, --fp32
     and --nhwc applied. The last two change only precision and memory layout, never parameters, so they apply to
@@ -356,6 +377,7 @@ def setup_training_options(*, exact_resume: bool = True, **values: Any) -> tuple
         objective = Objective(o.loss, o.k)
     except UserError as e:
         raise TrainingOptionsError(f"--k: {e}") from None
+    regularization = _regularization(o)
     args.update(num_gpus=o.gpus, device=str(parse_device(o.device, o.gpus)), random_seed=o.seed,
                 data_loader_kwargs=dict(num_workers=o.workers), kimg_per_tick=o.tick, image_snapshot_ticks=o.snap,
                 network_snapshot_ticks=o.snap, metrics=parse_metrics(o.metrics), metrics_num=o.metrics_num)
@@ -375,11 +397,15 @@ def setup_training_options(*, exact_resume: bool = True, **values: Any) -> tuple
     _check_batch(o, schedule)
     args.G_opt_kwargs = dict(lr=schedule.lr_G, betas=[0.0, 0.99], eps=1e-8)
     args.D_opt_kwargs = dict(lr=schedule.lr_D, betas=[0.0, 0.99], eps=1e-8)
-    args.loss_kwargs = dict(objective=objective.spec, r1_gamma=schedule.r1_gamma)  # the loss settings together
+    args.loss_kwargs = dict(objective=objective.spec, r1_gamma=schedule.r1_gamma,  # the loss settings together
+                            **regularization)
     if o.cfg == "cifar":
         args.loss_kwargs.update(pl_weight=0, style_mixing_prob=0)
     args.update(total_kimg=schedule.total_kimg, ema_kimg=schedule.ema_kimg, ema_rampup=schedule.ema_rampup,
                 batch_size=schedule.batch_size, batch_gpu=schedule.batch_gpu)
+    if start.state_path is not None:
+        training_state.check_identity(start.state_run, training_state.run_identity(
+            args.training_set_kwargs, schedule.batch_size, schedule.batch_gpu), start.state_path)
     args.update(augment_p=augmentation.augment_p, ada_target=augmentation.ada_target, ada_kimg=schedule.ada_kimg,
                 augment_kwargs=augmentation.augment_kwargs)
     args.update(resume_pkl=o.resume, trust_pickle=o.trust_pickle, resume_transfer=start.transfer,
@@ -388,6 +414,7 @@ def setup_training_options(*, exact_resume: bool = True, **values: Any) -> tuple
     # Evaluation against --metric-data, the best snapshot kept by --best-metric.
     if o.metric_data is not None and not args.metrics:
         raise TrainingOptionsError("--metric-data needs --metrics (e.g. --metrics fid50k_full)")
+    check_held_out(args.metrics, o.metric_data, o.data)
     args.metric_data = None if o.metric_data is None else _check_metric_data(o.metric_data, data.resolution,
                                                                              data.channels, data.c_dim)
     args.best_metric = resolve_best_metric(o.best_metric, args.metrics)

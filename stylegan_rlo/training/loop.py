@@ -218,13 +218,22 @@ def _agreed_stop(stop: preemption.StopRequest, device: torch.device, distributed
 
 
 def _take_snapshot(parts: SnapshotParts, run_dir: str, *, rank: int, num_gpus: int, progress: dict, data_items: int,
-                   metrics: SnapshotMetrics | None, log: RunLog) -> tuple[str, dict[str, float]]:
+                   metrics: SnapshotMetrics | None, stop: preemption.StopRequest,
+                   log: RunLog) -> tuple[str, dict[str, float]]:
     """Write a network snapshot with its training state and evaluate `metrics` on it (if any; rank 0), then go on
-    with the RNG state it saved, exactly as a run resumed from it would. Returns its path and the metric results."""
+    with the RNG state it saved, exactly as a run resumed from it would. Returns its path and the metric results.
+    A stop signal drops the evaluation at once (single-process runs): the snapshot is already on disk."""
     snapshot_pkl, snapshot_G_ema, snapshot_rng = write_snapshot(parts, run_dir, rank=rank, num_gpus=num_gpus,
                                                                 progress=progress, data_items=data_items, log=log)
-    results = {} if metrics is None else metrics.evaluate(snapshot_G_ema, snapshot_pkl, progress["cur_nimg"],
-                                                           run_dir, log)
+    results: dict[str, float] = {}
+    if metrics is not None:
+        try:
+            with stop.interrupting(enabled=num_gpus == 1):
+                results = metrics.evaluate(snapshot_G_ema, snapshot_pkl, progress["cur_nimg"], run_dir, log)
+        except preemption.StopNow as e:
+            log(f"\nReceived {preemption.signal_name(e.signum)} during the metric evaluation: dropped it; "
+                f"{os.path.basename(snapshot_pkl)} and its training state are on disk (evaluate it later with "
+                f"scripts/calc_fid.py)")
     training_state.set_rng_state(snapshot_rng)
     return snapshot_pkl, results
 
@@ -293,7 +302,9 @@ def training_loop(
     outputs = RunOutputs(run_dir, start_time, enabled=(rank == 0))
     finished = False
     stop = preemption.StopRequest(escalate=not distributed).start()
+    interruptible_setup = contextlib.ExitStack()  # a signal during set-up stops it at once: nothing to save yet
     try:
+        interruptible_setup.enter_context(stop.interrupting(enabled=not distributed))
         training_set, batches, state, data_items = _open_training_data(
             training_set_kwargs, data_loader_kwargs, resume_state, rank=rank, num_gpus=num_gpus, batch_size=batch_size,
             seed=random_seed, device=device, log=log)
@@ -318,7 +329,8 @@ def training_loop(
                                                                        ada_stats, rank, num_gpus, log)
         del state  # the optimizer states are in the optimizers now
         snapshot_parts = SnapshotParts(training_set_kwargs, G, D, G_ema, augment_pipe, phases, loss_fn, ada_stats,
-                                       schedule=dict(ema_kimg=ema_kimg, ema_rampup=ema_rampup, ada_kimg=ada_kimg))
+                                       schedule=dict(ema_kimg=ema_kimg, ema_rampup=ema_rampup, ada_kimg=ada_kimg),
+                                       run=training_state.run_identity(training_set_kwargs, batch_size, batch_gpu))
         snapshot_metrics = SnapshotMetrics.plan(metrics, metrics_num, training_set_kwargs, metric_data, best_metric,
                                                 device, random_seed) if metrics else None
 
@@ -334,6 +346,7 @@ def training_loop(
             progress_fn(cur_nimg // 1000, total_kimg)
         if resume_rng is not None:  # last, so that the setup above draws nothing from the resumed streams
             training_state.set_rng_state(resume_rng)
+        interruptible_setup.close()  # from here on, a signal finishes the iteration and writes a snapshot
         start_batch_idx = batch_idx
         snapshot_pkl = None
         while True:
@@ -364,8 +377,10 @@ def training_loop(
                 snapshot_pkl, results = _take_snapshot(
                     snapshot_parts, run_dir, rank=rank, num_gpus=num_gpus, progress=progress_now, log=log,
                     data_items=data_items + (batch_idx - start_batch_idx) * batch_size,
-                    metrics=snapshot_metrics if rank == 0 and stop_signal is None else None)
+                    metrics=snapshot_metrics if rank == 0 and stop_signal is None else None, stop=stop)
                 outputs.metrics.update(results)
+                if stop_signal is None and not distributed and stop.signum is not None:  # came after this snapshot
+                    stop_signal, done = stop.signum, True
             outputs.tick(stats, cur_nimg)
             log.flush()
             if progress_fn is not None:
@@ -381,6 +396,9 @@ def training_loop(
         finished = True
         return dict(G=G, D=D, G_ema=G_ema, augment_pipe=augment_pipe, cur_nimg=cur_nimg, cur_tick=cur_tick,
                     batch_idx=batch_idx, stopped_by=stop_signal, snapshot_pkl=snapshot_pkl)
+    except preemption.StopNow as e:  # during set-up
+        log(f"\nReceived {preemption.signal_name(e.signum)} during set-up: stopped before training began")
+        raise preemption.TrainingStopped(e.signum, run_dir, None) from None
     except OSError as e:  # a full or read-only disk while writing outputs: a message, not a traceback
         _raise_output_error(e, run_dir)
     finally:

@@ -1,8 +1,18 @@
-"""StyleGAN2 training loss: a pluggable adversarial objective plus R1, path length regularization and style mixing.
+"""StyleGAN2 training loss: a pluggable adversarial objective plus R1, path length regularization, style mixing,
+and optionally LeCam regularization and DiffAugment.
 
-The adversarial objective l comes from `stylegan_rlo.objectives` (logistic or rooted logistic); this module only
-applies it to the three StyleGAN terms: D real l(D(x)), D fake l(-D(G(z))), G l(D(G(z))). Everything else
-(phases, regularizers, gradient gains, DDP sync points) follows the official StyleGAN2-ADA loss.
+The adversarial objective comes from `stylegan_rlo.objectives` (logistic, rooted, hinge, least squares); this module
+only calls its three terms: D real, D fake and G. Everything else (phases, regularizers, gradient gains, DDP sync
+points) follows the official StyleGAN2-ADA loss.
+
+LeCam regularization (Tseng et al. 2021, "Regularizing Generative Adversarial Networks under Limited Data") adds to
+D's main loss weight * (mean relu(D(x) - a_F)^2 + mean relu(a_R - D(G(z)))^2), where a_R and a_F are exponential
+moving averages of the mean D output on real and on generated images (`LeCamAnchors`; no gradient flows through
+them). As in the authors' StyleGAN2 code, each D main pass first folds its own batch means into the averages, which
+are zero-debiased (the first pass's anchors are that pass's means), then uses them.
+
+DiffAugment (`stylegan_rlo.model.diffaugment`) transforms every image on its way into D (reals and fakes, D and G
+passes, and the reals R1 differentiates through), before the ADA pipe, as in the authors' StyleGAN2-ADA fork.
 """
 
 from __future__ import annotations
@@ -12,11 +22,13 @@ from typing import Callable
 import numpy as np
 import torch
 
+from stylegan_rlo.model.diffaugment import DiffAugment, parse_policy
 from stylegan_rlo.objectives import Objective
 from torch_utils import misc
 from torch_utils.ops import conv2d_gradfix
 
 PHASES = ("Gmain", "Greg", "Gboth", "Dmain", "Dreg", "Dboth")
+DEFAULT_LECAM_DECAY = 0.99  # the LeCam anchors' decay per D main pass, as the authors' StyleGAN2 code
 
 Reporter = Callable[[str, torch.Tensor], None]
 
@@ -25,19 +37,62 @@ def _ignore_report(name: str, value: torch.Tensor) -> None:
     """Default reporter: statistics are dropped."""
 
 
+class LeCamAnchors:
+    """LeCam's anchors: zero-debiased exponential moving averages of D's mean output on real (a_R, `real`) and
+    generated (a_F, `fake`) images, updated once per D main pass. After t updates with values x_1..x_t each is
+    sum_i decay^(t-i) x_i / sum_i decay^(t-i) (decay 1: the plain mean of all); kept per process as float tensors on
+    the device, with the update count, and saved in the training state file."""
+
+    def __init__(self, decay: float, device: torch.device):
+        self.decay = float(decay)
+        self.real = torch.zeros([], device=device)
+        self.fake = torch.zeros([], device=device)
+        self.updates = 0
+
+    def update(self, real_logits: torch.Tensor, fake_logits: torch.Tensor) -> None:
+        """Fold one pass's mean outputs in: a <- a + w_t (mean - a) with w_t = (1 - decay) / (1 - decay^t)."""
+        self.updates += 1
+        weight = 1 / self.updates if self.decay == 1 else (1 - self.decay) / (1 - self.decay ** self.updates)
+        self.real.lerp_(real_logits.detach().mean().to(self.real.dtype), weight)
+        self.fake.lerp_(fake_logits.detach().mean().to(self.fake.dtype), weight)
+
+    def penalty(self, real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.Tensor:
+        """Per sample pair: relu(D(x_i) - a_F)^2 + relu(a_R - D(G(z_i)))^2 (its batch mean is the LeCam term)."""
+        return (real_logits - self.fake).relu().square() + (self.real - fake_logits).relu().square()
+
+    def state_dict(self) -> dict:
+        """The anchors (CPU copies) and the update count, for the training state file."""
+        return dict(real=self.real.detach().cpu().clone(), fake=self.fake.detach().cpu().clone(), updates=self.updates)
+
+    def load_state_dict(self, state: dict) -> None:
+        """Put back what state_dict() returned (ValueError for anything else: a damaged state file)."""
+        values = [state["real"], state["fake"]]
+        if not all(isinstance(v, torch.Tensor) and v.shape == () and bool(torch.isfinite(v)) for v in values):
+            raise ValueError("the anchors must be finite scalar tensors")
+        if isinstance(state["updates"], bool) or not isinstance(state["updates"], int) or state["updates"] < 0:
+            raise ValueError(f"the update count must be an integer >= 0, got {state['updates']!r}")
+        self.real.copy_(values[0])
+        self.fake.copy_(values[1])
+        self.updates = state["updates"]
+
+
 class StyleGAN2Loss:
     """Accumulates the gradients of one training phase for G (mapping + synthesis) and D.
 
     `G_mapping`, `G_synthesis` and `D` may be DistributedDataParallel wrappers (gradients are all-reduced only on
     rounds with sync=True); `G` is the plain generator. `report(name, tensor)` receives per-sample statistics.
     On devices other than CUDA every network runs in float32 (`force_fp32`), since fp16 is a GPU speed trick.
+    `lecam_weight` > 0 turns LeCam regularization on (anchors decaying by `lecam_decay`); `diffaugment` is a
+    DiffAugment policy ('color,translation,cutout' or a subset; None or 'none': off).
     """
 
     def __init__(self, device: torch.device | str, G: torch.nn.Module, D: torch.nn.Module,
                  augment_pipe: torch.nn.Module | None = None, objective: Objective | str = "rooted",
                  r1_gamma: float = 10, style_mixing_prob: float = 0.9, pl_weight: float = 2,
-                 pl_batch_shrink: int = 2, pl_decay: float = 0.01, G_mapping: torch.nn.Module | None = None,
-                 G_synthesis: torch.nn.Module | None = None, report: Reporter | None = None):
+                 pl_batch_shrink: int = 2, pl_decay: float = 0.01, lecam_weight: float = 0,
+                 lecam_decay: float = DEFAULT_LECAM_DECAY, diffaugment: str | None = None,
+                 G_mapping: torch.nn.Module | None = None, G_synthesis: torch.nn.Module | None = None,
+                 report: Reporter | None = None):
         self.device = torch.device(device)
         self.G = G
         self.G_mapping = G_mapping if G_mapping is not None else G.mapping
@@ -45,13 +100,15 @@ class StyleGAN2Loss:
         self.D = D
         self.augment_pipe = augment_pipe
         self.objective = Objective.parse(objective)
-        self._adversarial = self.objective.function
         self.r1_gamma = float(r1_gamma)
         self.style_mixing_prob = float(style_mixing_prob)
         self.pl_weight = float(pl_weight)
         self.pl_batch_shrink = int(pl_batch_shrink)
         self.pl_decay = float(pl_decay)
         self.pl_mean = torch.zeros([], device=self.device)
+        self.lecam_weight = float(lecam_weight)
+        self.lecam = LeCamAnchors(lecam_decay, self.device) if self.lecam_weight > 0 else None
+        self.diffaugment = DiffAugment(diffaugment) if parse_policy(diffaugment) else None
         self.report = report if report is not None else _ignore_report
         self.force_fp32 = self.device.type != "cuda"
 
@@ -82,7 +139,9 @@ class StyleGAN2Loss:
         return img, ws
 
     def run_D(self, img: torch.Tensor, c: torch.Tensor, sync: bool) -> torch.Tensor:
-        """Discriminator logits of (augmented) images."""
+        """Discriminator logits of (augmented) images: DiffAugment, then the ADA pipe, then D."""
+        if self.diffaugment is not None:
+            img = self.diffaugment(img)
         if self.augment_pipe is not None:
             img = self.augment_pipe(img)
         with misc.ddp_sync(self.D, sync):
@@ -115,7 +174,7 @@ class StyleGAN2Loss:
             gen_logits = self.run_D(gen_img, gen_c, sync=False)
             report("Loss/scores/fake", gen_logits)
             report("Loss/signs/fake", gen_logits.sign())
-            loss_Gmain = self._adversarial(gen_logits)
+            loss_Gmain = self.objective.generator(gen_logits)
             report("Loss/G/loss", loss_Gmain)
             loss_Gmain.mean().mul(gain).backward()
 
@@ -130,8 +189,9 @@ class StyleGAN2Loss:
             gen_logits = self.run_D(gen_img, gen_c, sync=False)  # synced by the real pass below
             report("Loss/scores/fake", gen_logits)
             report("Loss/signs/fake", gen_logits.sign())
-            loss_Dgen = self._adversarial(-gen_logits)
-            loss_Dgen.mean().mul(gain).backward()
+            loss_Dgen = self.objective.discriminator_fake(gen_logits)
+            if self.lecam is None:  # with LeCam the fake term waits: its anchor a_R needs this pass's reals
+                loss_Dgen.mean().mul(gain).backward()
 
         if do_Dmain or do_Dr1:
             real_img_tmp = real_img.detach().requires_grad_(do_Dr1)
@@ -140,9 +200,15 @@ class StyleGAN2Loss:
             report("Loss/signs/real", real_logits.sign())
             total = real_logits * 0  # keeps every D output in the graph, so DDP sees all parameters used
             if do_Dmain:
-                loss_Dreal = self._adversarial(real_logits)
+                loss_Dreal = self.objective.discriminator_real(real_logits)
                 report("Loss/D/loss", loss_Dgen + loss_Dreal)
                 total = total + loss_Dreal
+                if self.lecam is not None:
+                    # One backward through both passes' graphs (DDP all-reduces once, at the synced real pass).
+                    self.lecam.update(real_logits, gen_logits)
+                    lecam_penalty = self.lecam.penalty(real_logits, gen_logits)
+                    report("Loss/lecam_penalty", lecam_penalty)
+                    total = total + loss_Dgen + lecam_penalty * self.lecam_weight
             if do_Dr1:
                 with conv2d_gradfix.no_weight_gradients():
                     r1_grads, = torch.autograd.grad(outputs=[real_logits.sum()], inputs=[real_img_tmp],

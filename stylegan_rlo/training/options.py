@@ -16,7 +16,9 @@ from dnnlib.util import EasyDict
 from stylegan_rlo.devices import DEVICE_HELP
 from stylegan_rlo.errors import UserError
 from stylegan_rlo.model.augment import AUGPIPE_SPECS
+from stylegan_rlo.model.diffaugment import POLICIES as DIFFAUGMENT_POLICIES
 from stylegan_rlo.objectives import DEFAULT_K, K_MAX, K_MIN, OBJECTIVES
+from stylegan_rlo.training.loss import DEFAULT_LECAM_DECAY
 
 AUG_MODES = ("ada", "noaug", "fixed")
 DEFAULT_AUGPIPE = "bgc"
@@ -53,6 +55,7 @@ class Option:
     A default of None means "derived" (from --cfg, the dataset, another option): `derived` says from what.
     `off_word` (numbers only) is a word accepted instead of a number, meaning "off" (kept as that word).
     `per_run` options may be passed through unchanged to every run of scripts/compare_objectives.py.
+    `per_arm` options may differ between the arms of a comparison (compare_objectives.py --arm LABEL:NAME=VALUE,...).
     """
     name: str
     kind: str  # 'int', 'float', 'str', 'bool' or 'choice'
@@ -66,6 +69,7 @@ class Option:
     high: float | None = None
     off_word: str | None = None
     per_run: bool = True
+    per_arm: bool = False
 
     @property
     def flag(self) -> str:
@@ -109,25 +113,36 @@ TRAINING_OPTIONS: tuple[Option, ...] = (
     Option("adapt_resolution", "bool", "Resume a --resume network of another resolution: blocks both resolutions "
            "have are copied, the others start fresh (report in log.txt and training_options.json).", default=False,
            per_run=False),
-    Option("loss", "choice", "Adversarial objective.", default="rooted", choices=OBJECTIVES, per_run=False),
+    Option("loss", "choice", "Adversarial objective.", default="rooted", choices=OBJECTIVES, per_run=False,
+           per_arm=True),
     Option("k", "float", f"Root of the rooted objective, in [{K_MIN:g}, {K_MAX:g}].", derived=f"{DEFAULT_K:g}",
-           per_run=False),
-    Option("gamma", "float", "R1 regularization weight.", derived=_FROM_CFG, low=0),
+           per_run=False, per_arm=True),
+    Option("gamma", "float", "R1 regularization weight.", derived=_FROM_CFG, low=0, per_arm=True),
+    Option("lecam", "float", "LeCam regularization weight (0: off): weight * (mean relu(D(x) - a_F)^2 + mean "
+           "relu(a_R - D(G(z)))^2), a_R and a_F moving averages of D's mean real and fake outputs.", default=0.0,
+           low=0, per_arm=True),
+    Option("lecam_decay", "float", "Decay of LeCam's moving averages per D step (needs --lecam).",
+           derived=f"{DEFAULT_LECAM_DECAY:g}", low=0, high=1, per_arm=True),
+    Option("diffaugment", "str", f"DiffAugment: a comma-separated subset of {','.join(DIFFAUGMENT_POLICIES)} applied "
+           "to every image D sees, or none (needs --aug noaug).", default="none", metavar="LIST", per_arm=True),
     Option("cfg", "choice", "Base configuration (official hyperparameters).", default="auto", choices=CFG_NAMES),
     Option("cbase", "int", "Channel base (capacity).", derived=_FROM_CFG, low=1),
     Option("cmax", "int", "Max feature maps.", derived=f"{DEFAULT_CMAX}", low=1),
     Option("map_depth", "int", "Mapping network depth.", derived=_FROM_CFG, low=1),
     Option("mbstd_group", "int", "Minibatch std group size.", derived="from --cfg or the resumed pickle", low=1),
-    Option("glr", "float", "G learning rate.", derived=_FROM_CFG, low=0, low_open=True),
-    Option("dlr", "float", "D learning rate.", derived=_FROM_CFG, low=0, low_open=True),
-    Option("freezed", "int", "Freeze the first N discriminator layers (FreezeD).", default=0, low=0),
+    Option("glr", "float", "G learning rate.", derived=_FROM_CFG, low=0, low_open=True, per_arm=True),
+    Option("dlr", "float", "D learning rate.", derived=_FROM_CFG, low=0, low_open=True, per_arm=True),
+    Option("freezed", "int", "Freeze the first N discriminator layers (FreezeD).", default=0, low=0, per_arm=True),
     Option("mirror", "bool", "Add x-flipped copies of the dataset.", default=False),
     Option("subset", "int", "Train on a random subset of N images.", derived="all images", low=1),
     Option("cond", "bool", "Conditional training on the dataset.json labels.", default=False),
-    Option("aug", "choice", "Augmentation mode.", default="ada", choices=AUG_MODES),
-    Option("p", "float", "Augmentation probability (--aug fixed; initial p for ada).", derived="0", low=0, high=1),
-    Option("target", "float", "ADA target.", derived=f"{DEFAULT_TARGET:g} with --aug ada", low=0, high=1),
-    Option("augpipe", "choice", "Augmentation pipeline.", derived=DEFAULT_AUGPIPE, choices=tuple(AUGPIPE_SPECS)),
+    Option("aug", "choice", "Augmentation mode.", default="ada", choices=AUG_MODES, per_arm=True),
+    Option("p", "float", "Augmentation probability (--aug fixed; initial p for ada).", derived="0", low=0, high=1,
+           per_arm=True),
+    Option("target", "float", "ADA target.", derived=f"{DEFAULT_TARGET:g} with --aug ada", low=0,
+           high=1, per_arm=True),
+    Option("augpipe", "choice", "Augmentation pipeline.", derived=DEFAULT_AUGPIPE, choices=tuple(AUGPIPE_SPECS),
+           per_arm=True),
     Option("gpus", "int", "Number of local processes (GPUs; on CPU, gloo processes). Under torchrun: its world "
            "size.", default=1, low=1),
     Option("device", "str", f"Compute device: {DEVICE_HELP}.", default="auto", per_run=False),
@@ -152,11 +167,11 @@ TRAINING_OPTIONS: tuple[Option, ...] = (
     Option("workers", "int", "DataLoader workers.", default=3, low=0),
     Option("desc", "str", "Extra text appended to the run directory name.", per_run=False),
     Option("metrics", "str", "Metrics at each snapshot: comma-separated "
-           "(fid50k_full,kid50k_full,pr50k3_inception) or none.",
+           "(fid50k_full,kid50k_full,pr50k3_inception,mem50k_inception) or none.",
            default="none", metavar="LIST", per_run=False),
     Option("metrics_num", "int", "Generated images per metric.", derived="50000", low=1, per_run=False),
     Option("metric_data", "str", "Compute --metrics against this dataset (e.g. held-out images) instead of the "
-           "training data.", metavar="PATH", per_run=False),
+           "training data; mem50k_inception needs it.", metavar="PATH", per_run=False),
     Option("best_metric", "str", "Keep the best snapshot by this metric as best-NAME.pkl (+ .json).",
            derived="the first of --metrics", metavar="NAME", per_run=False),
     Option("ema_kimg", "float", "G_ema half-life in kimg (short fine-tuning runs: about --kimg / 5).",
@@ -244,6 +259,10 @@ def parse_metrics(metrics: str | list[str] | tuple[str, ...] | None) -> list[str
         raise TrainingOptionsError(f"--metrics {','.join(names)}: metrics are unavailable ({e}); "
                                    f"use --metrics none") from e
     try:
-        return list(validate_metric_names(names))
+        checked = list(validate_metric_names(names))
+        if "pr50k3_full" in checked:  # needs a VGG16 weights file: refused now, not at the first snapshot
+            from stylegan_rlo.evaluation.vgg16 import resolve_vgg16_path  # start-up: only for this metric
+            resolve_vgg16_path()
+        return checked
     except UserError as e:
         raise TrainingOptionsError(f"--metrics: {e}") from e

@@ -1,5 +1,6 @@
 """Preemption-safe stop: SIGINT or SIGTERM (a cluster preempting the job) makes training finish its iteration, write
-a snapshot with its training state and stop with exit status 128 + the signal number (130 / 143).
+a snapshot with its training state and stop with exit status 128 + the signal number (130 / 143). During set-up and
+metric evaluation, work that loses nothing when dropped, a signal interrupts at once instead (`StopNow`).
 
 The training loop catches the signals itself (`StopRequest`); ranks agree on the iteration to stop after
 (`agreed_signal`); a launcher that spawned the ranks forwards signals to them (`join_forwarding_signals`).
@@ -35,6 +36,14 @@ class TrainingStopped(Exception):
         return 128 + self.signum
 
 
+class StopNow(Exception):
+    """A stop signal arrived while StopRequest.interrupting: the work in progress is dropped."""
+
+    def __init__(self, signum: int):
+        self.signum = int(signum)
+        super().__init__(f"interrupted by {signal_name(signum)}")
+
+
 def signal_name(signum: int) -> str:
     return signal.Signals(signum).name
 
@@ -56,16 +65,20 @@ def _handlers(handler: Callable) -> Iterator[bool]:
 class StopRequest:
     """While entered, the first SIGINT/SIGTERM is recorded in `signum` (the loop stops after its iteration); with
     `escalate` a second one raises KeyboardInterrupt at once, otherwise further ones are ignored (a rank whose
-    launcher forwards the signal that the terminal also sent it)."""
+    launcher forwards the signal that the terminal also sent it). Inside `interrupting()` (single-process runs
+    only: ranks must stop together) the first one raises StopNow at once."""
 
     def __init__(self, escalate: bool):
         self.escalate = escalate
         self.signum: int | None = None
         self._stack = contextlib.ExitStack()
+        self._interrupting = False
 
     def _handle(self, signum: int, frame) -> None:
         if self.signum is None:
             self.signum = signum
+            if self._interrupting:
+                raise StopNow(signum)
         elif self.escalate:
             raise KeyboardInterrupt
 
@@ -73,6 +86,21 @@ class StopRequest:
         """Catch the signals (in the main thread; elsewhere they keep their handlers)."""
         self._stack.enter_context(_handlers(self._handle))
         return self
+
+    @contextlib.contextmanager
+    def interrupting(self, enabled: bool = True) -> Iterator[None]:
+        """Inside, a stop signal raises StopNow at once (also one that came before), for work that can be dropped
+        and redone (set-up, metric evaluation); `enabled=False` keeps the record-and-finish behaviour."""
+        if not enabled:
+            yield
+            return
+        if self.signum is not None:
+            raise StopNow(self.signum)
+        self._interrupting = True
+        try:
+            yield
+        finally:
+            self._interrupting = False
 
     def close(self) -> None:
         """Put the previous handlers back."""

@@ -13,6 +13,7 @@ import torch
 from stylegan_rlo.checkpoints.pickles import load_network_pkl, save_network_pkl
 from stylegan_rlo.training import adapt_resolution
 from stylegan_rlo.training import state as training_state
+from stylegan_rlo.training.state_checks import check_progress
 from stylegan_rlo.training.loss import StyleGAN2Loss
 from stylegan_rlo.training.stats import StatsAccumulator
 from stylegan_rlo.training.step import Phase
@@ -31,7 +32,7 @@ def load_resume(resume_pkl: str, trust_pickle: bool, G: torch.nn.Module, D: torc
     for name, module in [("G", G), ("D", D), ("G_ema", G_ema)]:
         source = data.get(name) if data.get(name) is not None else data["G"]
         misc.copy_params_and_buffers(source, module, require_all=True)
-    return dict(data.get("progress") or {})
+    return check_progress(data.get("progress"), resume_pkl)
 
 
 @dataclasses.dataclass
@@ -47,6 +48,7 @@ class SnapshotParts:
     loss: StyleGAN2Loss
     ada_stats: StatsAccumulator | None
     schedule: dict
+    run: dict  # training_state.run_identity: what an exact resume must keep
 
 
 def _snapshot_dict(parts: SnapshotParts, rank: int, distributed: bool, progress: dict) -> dict[str, Any]:
@@ -82,7 +84,7 @@ def write_snapshot(parts: SnapshotParts, run_dir: str, *, rank: int, num_gpus: i
     snapshot_pkl = os.path.join(run_dir, f"network-snapshot-{progress['cur_nimg'] // 1000:06d}.pkl")
     if rank == 0:
         state = training_state.build(phases=parts.phases, ranks=ranks, progress=progress, schedule=parts.schedule,
-                                     data_items=data_items)
+                                     run=parts.run, data_items=data_items)
         write_pair(snapshot_pkl, snapshot, state)
     log(f"Saved {os.path.basename(snapshot_pkl)} and its training state")
     return snapshot_pkl, snapshot["G_ema"], ranks[rank]["rng"]

@@ -1,8 +1,9 @@
 """Exact resume: the training state file written next to each network snapshot.
 
 `network-snapshot-NNNNNN.pkl` keeps the official pickle format; `network-snapshot-NNNNNN.state.pt` holds what the
-pickle lacks for a run to continue as if it had never stopped: both Adam optimizers, each rank's pl_mean, pending
-ADA statistics and RNG states (torch, CUDA, numpy, python), the data sampler position, tick and kimg. It contains
+pickle lacks for a run to continue as if it had never stopped: both Adam optimizers, each rank's pl_mean and LeCam
+anchors (with --lecam; files written before LeCam existed have none and still load), pending ADA statistics and RNG
+states (torch, CUDA, numpy, python), the data sampler position, tick and kimg. It contains
 tensors and plain values only (`torch.load(weights_only=True)` reads it: loading cannot run code) and is written
 atomically.
 """
@@ -19,16 +20,14 @@ import numpy as np
 import torch
 
 from stylegan_rlo.fileio import atomic_write
-from stylegan_rlo.training.options import TrainingOptionsError
+from stylegan_rlo.training.state_checks import TrainingStateError, check_against, check_fields
+
+__all__ = ["TrainingStateError"]  # raised here, defined with the checks
 
 FORMAT = "stylegan_rlo.training_state"
 VERSION = 1
 SUFFIX = ".state.pt"
 NEXT_SUFFIX = ".state.next.pt"  # a staged state file (see write_pair)
-
-
-class TrainingStateError(TrainingOptionsError):
-    """A training state file that cannot be used; the message names the file."""
 
 
 def state_path(snapshot_pkl: str) -> str:
@@ -113,8 +112,9 @@ def set_rng_state(state: dict) -> None:
 # Writing.
 
 def rank_state(loss_fn, ada_stats) -> dict:
-    """What differs between ranks: RNG states, pl_mean, ADA statistics not yet used."""
+    """What differs between ranks: RNG states, pl_mean, the LeCam anchors, ADA statistics not yet used."""
     return dict(rng=rng_state(), pl_mean=loss_fn.pl_mean.detach().cpu().clone(),
+                lecam=loss_fn.lecam.state_dict() if loss_fn.lecam is not None else None,
                 ada_stats=ada_stats.state_dict() if ada_stats is not None else None)
 
 
@@ -132,10 +132,38 @@ def _optimizers(phases) -> dict[str, torch.optim.Optimizer]:
     return {phase.name[0]: phase.opt for phase in phases}
 
 
-def build(*, phases, ranks: list[dict], progress: dict, data_items: int, schedule: dict) -> dict:
+# What an exact resume must keep: the options that decide the data order and the per-process batches (the RNG
+# states restored from the file would silently override a new --seed). Options that take effect on a resume instead
+# (learning rates, R1 gamma, the objective, --kimg, ...) are not listed: see docs/training.md.
+IDENTITY_FLAGS = {"random_seed": "--seed", "batch_size": "--batch", "batch_gpu": "--batch-gpu",
+                  "max_size": "--subset (the number of training images)", "xflip": "--mirror", "use_labels": "--cond",
+                  "resolution": "the dataset's resolution"}
+
+
+def run_identity(training_set_kwargs: dict, batch_size: int, batch_gpu: int) -> dict:
+    """The values of IDENTITY_FLAGS for a run, as recorded in its state files."""
+    values = dict(training_set_kwargs, batch_size=batch_size, batch_gpu=batch_gpu)
+    return {key: values.get(key) for key in IDENTITY_FLAGS}
+
+
+def check_identity(recorded: dict | None, current: dict, path: str) -> None:
+    """Refuse an exact resume whose run differs from the one that wrote the state file (files written before this
+    record existed have none and are not checked)."""
+    if recorded is None:
+        return
+    diffs = [f"{IDENTITY_FLAGS[key]}: {recorded.get(key)!r} then, {value!r} now" for key, value in current.items()
+             if recorded.get(key) != value]
+    if diffs:
+        raise TrainingStateError(
+            f"training state {path} belongs to a run with other settings ({'; '.join(diffs)}): an exact resume "
+            f"continues that run, so give its settings, or move the state file away to resume without it (not "
+            f"exactly)")
+
+
+def build(*, phases, ranks: list[dict], progress: dict, data_items: int, schedule: dict, run: dict) -> dict:
     """The state file's content (rank 0), without the digest of its pickle (write_next adds it)."""
     return dict(format=FORMAT, version=VERSION, num_gpus=len(ranks), data_items=int(data_items),
-                progress=dict(progress), schedule=dict(schedule), ranks=ranks,
+                progress=dict(progress), schedule=dict(schedule), run=dict(run), ranks=ranks,
                 optimizers={name: opt.state_dict() for name, opt in _optimizers(phases).items()})
 
 
@@ -187,6 +215,7 @@ def read(path: str, progress: dict | None = None) -> dict:
     missing = {"num_gpus", "data_items", "progress", "schedule", "ranks", "optimizers"} - set(state)
     if missing:
         raise TrainingStateError(f"training state {path}: missing {sorted(missing)}")
+    check_fields(state, path)
     if progress is not None:
         for key in ("cur_nimg", "cur_tick", "batch_idx"):
             if state["progress"].get(key) != progress.get(key):
@@ -205,14 +234,23 @@ def load_on_ranks(path: str, rank: int, num_gpus: int) -> dict:
 
 
 def restore(state: dict, path: str, phases, loss_fn, ada_stats, rank: int, num_gpus: int, log) -> dict | None:
-    """Load the optimizers, pl_mean and ADA statistics; returns this rank's RNG state to set just before the
-    first iteration (None when the process count changed: then the run continues, but not bit-exactly)."""
-    for name, opt in _optimizers(phases).items():
+    """Load the optimizers, pl_mean, LeCam anchors and ADA statistics; returns this rank's RNG state to set just
+    before the first iteration (None when the process count changed: then the run continues, but not bit-exactly).
+    LeCam anchors start afresh when the state has none (LeCam was off, or the file predates it)."""
+    optimizers = _optimizers(phases)
+    check_against(state, path, optimizers, loss_fn.pl_mean)
+    for name, opt in optimizers.items():
+        learning_rates = [group["lr"] for group in opt.param_groups]  # this run's (--glr/--dlr take effect)
         try:
             opt.load_state_dict(state["optimizers"][name])
         except (KeyError, ValueError, RuntimeError) as e:
             raise TrainingStateError(f"training state {path}: the {name} optimizer state does not fit the "
                                      f"network ({e}); delete the file to resume without it") from None
+        saved = [group["lr"] for group in opt.param_groups]
+        for group, lr in zip(opt.param_groups, learning_rates):
+            group["lr"] = lr
+        if saved != learning_rates:
+            log(f"{name} learning rate {saved[0]:g} -> {learning_rates[0]:g} (this run's) on the resumed optimizer")
     log(f'Restored the training state from "{path}" (optimizers, pl_mean, ADA, RNG, data position)')
     if int(state["num_gpus"]) != num_gpus:
         log(f"The state was saved by {state['num_gpus']} process(es), this run has {num_gpus}: per-process "
@@ -220,6 +258,12 @@ def restore(state: dict, path: str, phases, loss_fn, ada_stats, rank: int, num_g
         return None
     mine = state["ranks"][rank]
     loss_fn.pl_mean.copy_(mine["pl_mean"])
+    if loss_fn.lecam is not None and mine.get("lecam") is not None:
+        try:
+            loss_fn.lecam.load_state_dict(mine["lecam"])
+        except (KeyError, TypeError, ValueError, RuntimeError) as e:
+            raise TrainingStateError(f"training state {path}: the LeCam anchors cannot be restored ({e}); delete "
+                                     f"the file to resume without it (not exactly)") from None
     if ada_stats is not None and mine["ada_stats"] is not None:
         ada_stats.load_state_dict(mine["ada_stats"], device=loss_fn.pl_mean.device)
     return mine["rng"]

@@ -11,6 +11,7 @@ import zipfile
 
 import numpy as np
 import pytest
+import torch
 from click.testing import CliRunner
 from PIL import Image
 from training_fixtures import REPO, TINY_COND, TINY_UNCOND, free_port, make_zip, subprocess_env
@@ -154,6 +155,42 @@ def test_tiny_run_with_the_gpu_switches(tmp_path, one_thread, small_grids):
     assert snap["progress"]["cur_nimg"] == 4
 
 
+@pytest.mark.parametrize("args", [
+    ["--loss", "hinge", "--freezed", 1, "--p", 0.2],  # ADA adapting, FreezeD
+    ["--loss", "lsgan", "--lecam", 0.3],
+    ["--diffaugment", "color,translation,cutout", "--aug", "noaug"],  # the default objective, rooted k=8
+    ["--loss", "rooted", "--k", 8, "--lecam", 0.3, "--diffaugment", "color,translation,cutout", "--aug", "noaug"],
+], ids=["hinge-ada-freezed", "lsgan-lecam", "diffaugment", "rooted8-lecam-diffaugment"])
+def test_tiny_run_with_other_objectives_lecam_and_diffaugment(tmp_path, one_thread, small_grids, args):
+    """One iteration (every phase: G and D main steps, path length, R1) of the fixture; a loadable snapshot that
+    trained, and the choices recorded in training_options.json."""
+    data = make_zip(tmp_path / "dogs.zip", num=4)
+    result = cli("--data", data, "--outdir", tmp_path / "runs", "--resume", TINY_UNCOND, "--kimg", 0.004, *args,
+                 *FAST)
+    assert result.exit_code == 0, result.output
+    run_dir = only_run_dir(tmp_path / "runs")
+    with open(os.path.join(run_dir, "training_options.json"), encoding="utf-8") as f:
+        loss_kwargs = json.load(f)["loss_kwargs"]
+    flags = dict(zip(args[::2], args[1::2]))
+    objective = flags.get("--loss", "rooted") + (":8" if flags.get("--loss", "rooted") == "rooted" else "")
+    assert loss_kwargs["objective"] == objective
+    assert loss_kwargs["lecam_weight"] == flags.get("--lecam", 0) and loss_kwargs["lecam_decay"] == 0.99
+    assert loss_kwargs["diffaugment"] == flags.get("--diffaugment")
+    stats = read_stats(run_dir)[-1]
+    assert ("Loss/lecam_penalty" in stats) == ("--lecam" in flags)
+    for key in ("Loss/D/loss", "Loss/G/loss", "Loss/r1_penalty", "Loss/pl_penalty"):
+        assert np.isfinite(stats[key]["mean"]), key
+    snap = load_network_pkl(os.path.join(run_dir, "network-snapshot-000000.pkl"))
+    start = load_network_pkl(TINY_UNCOND)
+    assert snap["progress"]["cur_nimg"] == 4
+    for net in ("G", "D"):
+        trained = [name for name, p in snap[net].named_parameters()
+                   if not torch.equal(p, dict(start[net].named_parameters())[name])]
+        assert trained, net
+    if "--freezed" in flags:  # FreezeD: the first D layer kept its weights
+        assert torch.equal(snap["D"].b32.fromrgb.weight, start["D"].b32.fromrgb.weight)
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Errors: one clean line `Error: ...` and exit status 2, for bad options and inputs, also for data found bad later.
 
@@ -221,6 +258,14 @@ def test_truncated_image_fails_cleanly_naming_the_file(tmp_path, one_thread, sma
     (["--augpipe", "bogus"], ["--augpipe", "bgcfnc", "bogus"]),
     (["--metrics", "bogus_metric"], ["--metrics", "bogus_metric", "fid50k_full"]),
     (["--batch", 6, "--batch-gpu", 4], ["--batch 6", "--batch-gpu 4"]),
+    (["--loss", "hinge", "--k", 2], ["--k", "only applies to the rooted", "hinge"]),
+    (["--loss", "lsgan", "--k", 8], ["--k", "only applies to the rooted", "lsgan"]),
+    (["--diffaugment", "color"], ["--diffaugment color", "--aug noaug"]),
+    (["--diffaugment", "color", "--aug", "fixed", "--p", 0.2], ["--diffaugment", "--aug is fixed", "--aug noaug"]),
+    (["--diffaugment", "colour", "--aug", "noaug"], ["--diffaugment", "'colour'", "color,translation,cutout"]),
+    (["--lecam-decay", 0.5], ["--lecam-decay", "needs --lecam"]),
+    (["--lecam", -1], ["--lecam", ">= 0"]),
+    (["--lecam", 1, "--lecam-decay", 1.5], ["--lecam-decay", "[0, 1]"]),
 ])
 def test_contradicting_or_bad_options_are_usage_errors(tmp_path, args, words):
     data = make_zip(tmp_path / "dogs.zip", num=2, classes=2 if "--cond" in args else None)

@@ -111,7 +111,8 @@ def direct_fidelity(input1, input2, layer: str, seed: int, n: int) -> dict:
 # ---- names and options ---------------------------------------------------------------------------------------------
 
 def test_metric_names():
-    assert metrics.METRIC_NAMES == ("fid50k_full", "kid50k_full", "pr50k3_inception", "mem50k_inception")
+    assert metrics.METRIC_NAMES == ("fid50k_full", "kid50k_full", "pr50k3_inception", "pr50k3_full",
+                                    "mem50k_inception")
     assert metrics.validate_metric_names(["kid", " FID50K_FULL", "fid", "none", ""]) == ["kid50k_full",
                                                                                          "fid50k_full"]
     assert metrics.validate_metric_names(["none"]) == []

@@ -19,32 +19,16 @@ from training_fixtures import TINY_COND, TINY_UNCOND, make_zip
 from stylegan_rlo.checkpoints.pickles import load_network_pkl
 from stylegan_rlo.cli.compare_objectives import main as cli_main
 from stylegan_rlo.errors import UserError
-from stylegan_rlo.evaluation import inception_weights, metrics
-from stylegan_rlo.experiments import compare
-from stylegan_rlo.experiments.compare import CompareError, compare_objectives, parse_objectives, parse_seeds
-from stylegan_rlo.objectives import Objective
+from stylegan_rlo.evaluation import metrics
+from stylegan_rlo.experiments import compare, compare_run
+from stylegan_rlo.experiments.arms import ArmError, objective_arms
+from stylegan_rlo.experiments.compare import CompareError, compare_objectives, parse_seeds
 from stylegan_rlo.training.preemption import TrainingStopped
 
 METRICS = ["fid50k_full", "kid50k_full"]
 GRID = (2, 2)
-STRIP = 14  # title strip height of compare.save_labelled_blocks
+STRIP = 14  # title strip height of compare_run.save_labelled_blocks
 ZOOM = 2  # 32x32 images are shown at 64x64
-
-
-@pytest.fixture(scope="module")
-def weights(tmp_path_factory):
-    """The real converted Inception weights when `make setup` made them, else a seeded random-weight Inception of the
-    same layout (values are then meaningless, but every consistency check below still holds). Metric caches go to a
-    temporary folder."""
-    tmp = tmp_path_factory.mktemp("weights")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("DNNLIB_CACHE_DIR", str(tmp / "cache"))
-        path = inception_weights.default_weights_path()
-        if not os.path.isfile(path):
-            torch.manual_seed(0)
-            path = str(tmp / "random-inception.pth")
-            torch.save(inception_weights.fidelity_skeleton().state_dict(), path)
-        yield path
 
 
 def _records(run_dir: str, name: str) -> list[dict]:
@@ -52,15 +36,9 @@ def _records(run_dir: str, name: str) -> list[dict]:
         return [json.loads(line) for line in f if line.strip()]
 
 
-def _table_rows(markdown: str, heading: str) -> list[list[str]]:
-    """Cells of the markdown table that follows `## heading`."""
-    section = markdown.split(f"## {heading}\n", 1)[1].split("\n## ", 1)[0]
-    rows = [line for line in section.splitlines() if line.startswith("|")]
-    return [[c.strip() for c in row.strip("|").split("|")] for row in rows[2:]]
-
-
 def _tiles(png: str, block: int, count: int) -> np.ndarray:
-    """uint8 NHWC 32x32 tiles of block `block` of a save_labelled_blocks image (GRID layout, ZOOM, 2-pixel gaps)."""
+    """uint8 NHWC 32x32 tiles of block `block` of a compare_run.save_labelled_blocks image (GRID layout, ZOOM,
+    2-pixel gaps)."""
     img = np.asarray(Image.open(png).convert("RGB"))
     cols, rows = GRID
     size = 32 * ZOOM
@@ -72,16 +50,16 @@ def _tiles(png: str, block: int, count: int) -> np.ndarray:
     return np.stack([t[::ZOOM, ::ZOOM] for t in tiles])
 
 
-def test_parse_objectives_and_seeds():
-    objs = parse_objectives("logistic, rooted:2.5")
-    assert objs == [Objective("logistic", None), Objective("rooted", 2.5)]
-    assert [o.label for o in objs] == ["logistic", "rooted k=2.5"] and objs[1].slug == "rooted2.5"
-    assert parse_objectives("rooted") == [Objective("rooted", 8.0)]
-    for bad, message in [("hinge", "expected one of"), ("rooted:x", "must be a number"),
+def test_objectives_shorthand_and_seeds():
+    arms = objective_arms("logistic, rooted:2.5")
+    assert [(a.label, a.options) for a in arms] == [("logistic", {"loss": "logistic"}),
+                                                    ("rooted2.5", {"loss": "rooted", "k": 2.5})]
+    assert [(a.label, a.options) for a in objective_arms("rooted")] == [("rooted8", {"loss": "rooted", "k": 8.0})]
+    for bad, message in [("nosuch", "expected one of"), ("rooted:x", "must be a number"),
                          ("rooted:0", r"must lie in \[0.001, 1e\+07\]"), ("logistic:2", "only applies to the rooted"),
                          ("rooted:8,rooted", "twice")]:
-        with pytest.raises(CompareError, match=message):
-            parse_objectives(bad)
+        with pytest.raises(ArmError, match=message):
+            objective_arms(bad)
     assert parse_seeds("0-2,7") == [0, 1, 2, 7]
     with pytest.raises(CompareError, match="repeats"):
         parse_seeds("1,1")
@@ -89,21 +67,22 @@ def test_parse_objectives_and_seeds():
         parse_seeds("a")
 
 
-def test_compare_end_to_end(tmp_path, weights, one_thread):
+def test_compare_end_to_end(tmp_path, weights, one_thread, table_rows):
     data = make_zip(tmp_path / "train.zip", num=8, seed=0)
     ref = make_zip(tmp_path / "ref.zip", num=6, seed=1)
     outdir = str(tmp_path / "out")
     lines: list[str] = []
     summary = compare_objectives(
-        network=str(TINY_UNCOND), data=data, ref=ref, objectives=[Objective("logistic"), Objective("rooted", 8.0)],
-        seeds=[3], kimg=0.008, snap_kimg=0.008, outdir=outdir, metrics=METRICS, metrics_num=4, device="cpu",
+        network=str(TINY_UNCOND), data=data, ref=ref, arms=objective_arms("logistic,rooted:8"), seeds=[3], kimg=0.008,
+        snap_kimg=0.008, outdir=outdir, metrics=METRICS, metrics_num=4, device="cpu",
         train_options=dict(batch=4, workers=0, mirror=True, ema_kimg=0.002), grid=GRID, inception_weights=weights,
         log=lines.append, show_progress=False)
 
     with open(os.path.join(outdir, "summary.json"), encoding="utf-8") as f:
         assert json.load(f) == summary
     runs = summary["runs"]
-    assert [(r["loss"], r["k"], r["seed"]) for r in runs] == [("logistic", None, 3), ("rooted", 8.0, 3)]
+    assert [(r["arm"], r["loss"], r["k"], r["seed"]) for r in runs] == [("logistic", "logistic", None, 3),
+                                                                        ("rooted8", "rooted", 8.0, 3)]
     assert any("[run 2/2]" in line for line in lines)
 
     # The noise floor equals a direct dataset-vs-dataset evaluation.
@@ -134,19 +113,20 @@ def test_compare_end_to_end(tmp_path, weights, one_thread):
     md = open(os.path.join(outdir, "summary.md"), encoding="utf-8").read()
     floor = summary["noise_floor"]
     assert f"FID {floor['fid50k_full']:.2f}, KID {floor['kid50k_full']:.4f}" in md
-    rows = _table_rows(md, "Final snapshot of each run")
-    assert rows[0][:4] == [compare.START_LABEL, "-", "-", "0"]
+    assert table_rows(md, "Arms") == [["logistic", "loss=logistic"], ["rooted8", "loss=rooted, k=8"]]
+    rows = table_rows(md, "Final snapshot of each run")
+    assert rows[0][:3] == [compare.START_LABEL, "-", "0"]
     assert len(rows) == 3
     for row, run in zip(rows[1:], runs):
         final = run["points"][-1]
-        assert row == [run["loss"], "-" if run["k"] is None else "8", "3", "0.008", f"{final['fid50k_full']:.2f}",
-                       f"{final['kid50k_full']:.4f}", f"{round(final['wall_sec'])} s"]
+        assert row == [run["arm"], "3", "0.008", f"{final['fid50k_full']:.2f}", f"{final['kid50k_full']:.4f}",
+                       f"{round(final['wall_sec'])} s"]
     # One seed: means without sd, the paired difference over one seed without an interval.
-    means = _table_rows(md, "Mean ± sd over seeds, per snapshot")
-    assert [r[:3] for r in means] == [["logistic", "0", "1"], ["logistic", "0.008", "1"], ["rooted k=8", "0", "1"],
-                                      ["rooted k=8", "0.008", "1"]]
+    means = table_rows(md, "Mean ± sd over seeds, per snapshot")
+    assert [r[:3] for r in means] == [["logistic", "0", "1"], ["logistic", "0.008", "1"], ["rooted8", "0", "1"],
+                                      ["rooted8", "0.008", "1"]]
     diff = runs[1]["points"][-1]["fid50k_full"] - runs[0]["points"][-1]["fid50k_full"]
-    paired = _table_rows(md, "Paired difference: rooted k=8 minus logistic (same seeds: 3)")
+    paired = table_rows(md, "Paired difference: rooted8 minus logistic (same seeds: 3)")
     assert paired[0][:3] == ["0.008", "1", f"{diff:.2f} [-, -]"]
 
     # Best snapshot (by default the first metric): one snapshot per run here, so it is also the last.
@@ -159,8 +139,8 @@ def test_compare_end_to_end(tmp_path, weights, one_thread):
         with open(os.path.join(run["run_dir"], "best-fid50k_full.pkl"), "rb") as a, \
                 open(os.path.join(run["run_dir"], "network-snapshot-000000.pkl"), "rb") as b:
             assert a.read() == b.read()
-    assert [row[:5] for row in _table_rows(md, "Best snapshot of each run (by FID)")] == \
-        [[r["loss"], "-" if r["k"] is None else "8", "3", "0.008", f"{r['best']['value']:.2f}"] for r in runs]
+    assert [row[:4] for row in table_rows(md, "Best snapshot of each run (by FID)")] == \
+        [[r["arm"], "3", "0.008", f"{r['best']['value']:.2f}"] for r in runs]
 
     # Grids: 'before' is the start network on official seed latents 0..3, identical in every file; 'after' moved.
     G = load_network_pkl(TINY_UNCOND)["G_ema"]
@@ -181,7 +161,7 @@ def test_compare_end_to_end(tmp_path, weights, one_thread):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--objectives", "hinge"], "expected one of"),
+    (["--objectives", "nosuch"], "expected one of"),
     (["--seeds", "2,2"], "repeats a seed"),
     (["--kimg", "2", "--snap-kimg", "3"], "longer than the whole run"),
     (["--kimg", "4", "--snap-kimg", "0.5"], "named by whole kimg"),
@@ -211,18 +191,18 @@ def test_channel_mismatch_is_refused(tmp_path):
     a = make_zip(tmp_path / "a.zip", num=4, channels=3)
     b = make_zip(tmp_path / "b.zip", num=4, channels=1)
     with pytest.raises(CompareError, match="compare like with like"):
-        compare_objectives(network=str(TINY_UNCOND), data=a, ref=b, objectives=[Objective("logistic")], seeds=[0],
+        compare_objectives(network=str(TINY_UNCOND), data=a, ref=b, arms=objective_arms("logistic"), seeds=[0],
                            kimg=1, snap_kimg=1, outdir=str(tmp_path / "out"), device="cpu")
 
 
 @pytest.mark.slow
-def test_compare_seeds_and_snapshots_slow(tmp_path, weights, one_thread):
+def test_compare_seeds_and_snapshots_slow(tmp_path, weights, one_thread, table_rows):
     """Two objectives x two seeds, two evaluated snapshots each: ordering, wall times, the mean-over-seeds table."""
     data = make_zip(tmp_path / "train.zip", num=8, seed=0)
     ref = make_zip(tmp_path / "ref.zip", num=6, seed=1)
     outdir = str(tmp_path / "out")
     summary = compare_objectives(
-        network=str(TINY_UNCOND), data=data, ref=ref, objectives=parse_objectives("logistic,rooted:2"), seeds=[0, 1],
+        network=str(TINY_UNCOND), data=data, ref=ref, arms=objective_arms("logistic,rooted:2"), seeds=[0, 1],
         kimg=2, snap_kimg=1, outdir=outdir, metrics=METRICS, metrics_num=4, device="cpu",
         train_options=dict(batch=4, workers=0), grid=GRID, inception_weights=weights, log=lambda _m: None,
         show_progress=False)
@@ -236,13 +216,13 @@ def test_compare_seeds_and_snapshots_slow(tmp_path, weights, one_thread):
         for name in METRICS:
             assert [r["results"][name] for r in _records(run["run_dir"], name)] == [p[name] for p in run["points"]]
     md = open(os.path.join(outdir, "summary.md"), encoding="utf-8").read()
-    means = [r for r in _table_rows(md, "Mean ± sd over seeds, per snapshot") if r[1] == "2"]
+    means = [r for r in table_rows(md, "Mean ± sd over seeds, per snapshot") if r[1] == "2"]
     for row, group in zip(means, (runs[:2], runs[2:])):
-        assert row[:3] == [group[0]["objective"], "2", "2"]
+        assert row[:3] == [group[0]["arm"], "2", "2"]
         fid = np.array([g["points"][-1]["fid50k_full"] for g in group], dtype=np.float64)
         sd = np.sqrt(((fid - fid.mean()) ** 2).sum() / (len(fid) - 1))
         assert row[3] == f"{fid.mean():.2f} ± {sd:.2f}"
-    assert len(_table_rows(md, "Every snapshot")) == 1 + 4 * 2
+    assert len(table_rows(md, "Every snapshot")) == 1 + 4 * 2
 
 
 @pytest.mark.parametrize("stop, exit_code, message", [
@@ -268,18 +248,18 @@ def test_cli_reports_a_stopped_comparison_and_continues(tmp_path, monkeypatch, s
     assert calls == [False, True]
 
 
-def test_an_interrupted_comparison_continues(tmp_path, weights, one_thread, monkeypatch):
+def test_an_interrupted_comparison_continues(tmp_path, weights, one_thread, table_rows, monkeypatch):
     """A comparison stopped during its second run: the outdir is then refused without --continue and with other
     settings; --continue keeps the finished run (records untouched) and runs only the missing one. (KID only: FID's
     matrix square root would double the test's time and adds nothing here.)"""
     data = make_zip(tmp_path / "train.zip", num=8, seed=0)
     ref = make_zip(tmp_path / "ref.zip", num=6, seed=1)
     outdir = str(tmp_path / "out")
-    kwargs = dict(network=str(TINY_UNCOND), data=data, ref=ref, objectives=[Objective("logistic"),
-                  Objective("rooted", 8.0)], seeds=[3], kimg=0.008, snap_kimg=0.008, outdir=outdir,
+    kwargs = dict(network=str(TINY_UNCOND), data=data, ref=ref, arms=objective_arms("logistic,rooted:8"), seeds=[3],
+                  kimg=0.008, snap_kimg=0.008, outdir=outdir,
                   metrics=["kid50k_full"], metrics_num=4, device="cpu", train_options=dict(batch=4, workers=0),
                   grid=GRID, inception_weights=weights, show_progress=False)
-    real_launch = compare.launch_training
+    real_launch = compare_run.launch_training
     launched: list[str] = []
 
     def launch_then_stop(desc, options, outdir, **kw):
@@ -289,12 +269,12 @@ def test_an_interrupted_comparison_continues(tmp_path, weights, one_thread, monk
             raise TrainingStopped(2, run_dir, None)
         return run_dir
 
-    monkeypatch.setattr(compare, "launch_training", launch_then_stop)
+    monkeypatch.setattr(compare_run, "launch_training", launch_then_stop)
     with pytest.raises(TrainingStopped):
         compare_objectives(**kwargs, log=lambda _m: None)
     with open(os.path.join(outdir, "summary.json"), encoding="utf-8") as f:
         first = json.load(f)
-    assert [r["objective"] for r in first["runs"]] == ["logistic"]
+    assert [r["arm"] for r in first["runs"]] == ["logistic"]
     stopped_dir = sorted(glob.glob(os.path.join(outdir, "runs", "*")))[-1]
 
     with pytest.raises(CompareError, match="already holds a comparison.*--continue"):
@@ -302,10 +282,10 @@ def test_an_interrupted_comparison_continues(tmp_path, weights, one_thread, monk
     with pytest.raises(CompareError, match=r"other settings \(metrics_num differ\)"):
         compare_objectives(**dict(kwargs, metrics_num=5), resume=True, log=lambda _m: None)
 
-    monkeypatch.setattr(compare, "launch_training", real_launch)
+    monkeypatch.setattr(compare_run, "launch_training", real_launch)
     lines: list[str] = []
     summary = compare_objectives(**kwargs, resume=True, log=lines.append)
-    assert [(r["objective"], r["seed"]) for r in summary["runs"]] == [("logistic", 3), ("rooted k=8", 3)]
+    assert [(r["arm"], r["seed"]) for r in summary["runs"]] == [("logistic", 3), ("rooted8", 3)]
     assert summary["runs"][0] == first["runs"][0]  # kept as it was
     assert len(_records(summary["runs"][0]["run_dir"], "kid50k_full")) == 2  # and not evaluated again
     assert summary["start"] == first["start"]  # the shared start evaluation is deterministic
@@ -314,5 +294,5 @@ def test_an_interrupted_comparison_continues(tmp_path, weights, one_thread, monk
     assert len(glob.glob(os.path.join(outdir, "runs", "*"))) == 3  # the stopped run's folder is left alone
     with open(os.path.join(outdir, "summary.json"), encoding="utf-8") as f:
         assert json.load(f) == summary
-    assert len(_table_rows(open(os.path.join(outdir, "summary.md"), encoding="utf-8").read(),
+    assert len(table_rows(open(os.path.join(outdir, "summary.md"), encoding="utf-8").read(),
                            "Final snapshot of each run")) == 3  # start + both runs

@@ -46,7 +46,7 @@ def test_paired_differences_per_seed_and_snapshot():
     half = T_975[4] * d.std(ddof=1) / math.sqrt(5)
     assert at4["n"] == 5 and at4["mean"] == pytest.approx(d.mean())
     assert (at4["low"], at4["high"]) == (pytest.approx(d.mean() - half), pytest.approx(d.mean() + half))
-    obj = stats["objectives"]["rooted k=8"]
+    obj = stats["arms"]["rooted k=8"]
     assert obj["runs"] == 5 and obj["diverged"] == 0
     assert obj["sec_per_kimg"]["mean"] == pytest.approx(3.0)  # 12 s over 4 kimg
     snap2 = next(s for s in obj["snapshots"] if s["kimg"] == 2.0)["fid50k_full"]
@@ -59,7 +59,7 @@ def test_diverged_runs_are_counted_not_dropped():
     nan = _run("logistic", 2, [100.0, float("nan"), 80.0])
     summary = _summary([ok, worse, nan])
     assert [run_diverged(r, summary["start"], ["fid50k_full"]) for r in (ok, worse, nan)] == [False, True, True]
-    stats = comparison_statistics(summary)["objectives"]["logistic"]
+    stats = comparison_statistics(summary)["arms"]["logistic"]
     assert stats["runs"] == 3 and stats["diverged"] == 2
     at2 = next(s for s in stats["snapshots"] if s["kimg"] == 2.0)["fid50k_full"]
     assert at2["n"] == 2  # the NaN is not averaged in, but the run is still counted

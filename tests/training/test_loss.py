@@ -139,7 +139,7 @@ def test_objective_switch_changes_only_the_adversarial_value():
 def test_unknown_phase_and_objective_are_rejected():
     G, D = make_nets()
     with pytest.raises(ValueError, match="objective"):
-        StyleGAN2Loss("cpu", G, D, objective="hinge")
+        StyleGAN2Loss("cpu", G, D, objective="bogus")
     loss = StyleGAN2Loss("cpu", G, D)
     _, z, c = inputs()
     with pytest.raises(ValueError, match="phase"):

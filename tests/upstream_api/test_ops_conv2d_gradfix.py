@@ -10,11 +10,13 @@ CONV_CASES = [  # input shape, weight shape, kwargs
     ((2, 4, 7, 6), (6, 2, 3, 2), dict(stride=2, padding=1, dilation=1, groups=2)),
     ((1, 3, 6, 6), (2, 3, 2, 3), dict(stride=1, padding=0, dilation=2, groups=1)),
     ((2, 2, 5, 5), (3, 2, 3, 3), dict(stride=3, padding=2, dilation=1, groups=1)),
+    ((2, 3, 7, 6), (3, 1, 2, 4), dict(stride=2, padding=1, dilation=1, groups=3)),  # depthwise: the FIR filters
 ]
 TRANSPOSE_CASES = [
     ((2, 4, 4, 3), (4, 3, 3, 2), dict(stride=2, padding=1, output_padding=1, groups=2, dilation=1)),
     ((1, 3, 3, 4), (3, 2, 2, 3), dict(stride=1, padding=0, output_padding=1, groups=1, dilation=2)),
     ((2, 2, 3, 3), (2, 3, 3, 3), dict(stride=3, padding=2, output_padding=2, groups=1, dilation=1)),
+    ((2, 3, 4, 3), (3, 1, 4, 2), dict(stride=2, padding=1, output_padding=1, groups=3, dilation=1)),  # depthwise
 ]
 
 
@@ -61,6 +63,23 @@ def test_conv_transpose2d_all_orders_match_naive(case, enabled, monkeypatch):
     _compare(lambda x, w, b: conv2d_gradfix.conv_transpose2d(x, w, b, **kw),
              lambda x, w, b: naive_conv_transpose2d(x, w, **kw) + b[None, :, None, None],
              _tensors(x_shape, w_shape, out_channels, case), case)
+
+
+@pytest.mark.parametrize("enabled", [True, False])
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
+def test_depthwise_keeps_the_input_layout(layout, enabled, monkeypatch):
+    """Depthwise convolutions run in channels_last on the CPU; the result (and its gradient) comes back in the
+    layout of the tensor given."""
+    monkeypatch.setattr(conv2d_gradfix, "enabled", enabled)
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn([2, 3, 9, 8], generator=gen).contiguous(memory_format=layout).requires_grad_(True)
+    w = torch.randn([3, 1, 1, 4], generator=gen)
+    for op in (conv2d_gradfix.conv2d, conv2d_gradfix.conv_transpose2d):
+        y = op(x, w, stride=2, groups=3)
+        assert y.is_contiguous(memory_format=layout)
+        torch.testing.assert_close(y, op(x.double(), w.double(), stride=2, groups=3).float(), rtol=1e-5, atol=1e-5)
+        grad, = torch.autograd.grad(y.square().sum(), [x])
+        assert grad.shape == x.shape
 
 
 def test_custom_op_gradgradcheck(monkeypatch):
