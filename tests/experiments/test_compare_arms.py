@@ -26,10 +26,9 @@ from stylegan_rlo.experiments.jobs import ProcessPool, threads_per_job
 from stylegan_rlo.training.config import setup_training_options
 from stylegan_rlo.training.options import TRAINING_OPTIONS
 
-# Four arms: the two objectives, and each with another per-arm option changed. The LeCam / DiffAugment version:
-# "logistic+lecam:loss=logistic,lecam=3e-7", "rlo8+da:loss=rooted,k=8,aug=noaug,diffaugment=color,translation".
-FOUR_ARMS = ["logistic:loss=logistic", "rlo8:loss=rooted,k=8", "logistic+g1:loss=logistic,gamma=1",
-             "rlo8+glr:loss=rooted,k=8,glr=0.004"]
+# The four arms: the two objectives, logistic with LeCam and rooted k=8 with DiffAugment (which needs ADA off).
+FOUR_ARMS = ["logistic:loss=logistic", "rlo8:loss=rooted,k=8", "logistic+lecam:loss=logistic,lecam=0.3",
+             "rlo8+da:loss=rooted,k=8,aug=noaug,diffaugment=color,translation,cutout"]
 SHARED = ["--batch", "4", "--workers", "0", "--gamma", "0.5", "--kimg", "0.008", "--snap-kimg", "0.008",
           "--metrics", "kid50k_full", "--metrics-num", "4", "--grid", "2x2", "--device", "cpu"]
 

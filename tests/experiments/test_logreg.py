@@ -122,7 +122,7 @@ def test_bad_settings():
     with pytest.raises(UserError, match="lr > 0"):
         logreg.gradient_descent(d, Objective("logistic"), iters=3, lr=0.0)
     with pytest.raises(UserError, match="unknown objective"):
-        Objective.parse("hinge")
+        Objective.parse("bogus")
 
 
 def test_cli(tmp_path):
