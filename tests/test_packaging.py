@@ -42,7 +42,7 @@ def shim_target(path: str) -> str:
 
 
 def test_every_script_is_a_guarded_shim_of_a_console_script():
-    assert len(SCRIPTS) == len(CONSOLE_SCRIPTS) == 12
+    assert len(SCRIPTS) == len(CONSOLE_SCRIPTS) == 13
     targets = {shim_target(path) for path in SCRIPTS}
     assert targets == set(CONSOLE_SCRIPTS.values())
     for path in SCRIPTS:

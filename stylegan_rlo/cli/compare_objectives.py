@@ -42,7 +42,8 @@ PER_ARM_FLAGS = ", ".join(option.name.replace("_", "-") for option in TRAINING_O
 @click.option("--snap-kimg", type=float, metavar="FLOAT", help="kimg between snapshots / evaluations "
               "[default: kimg / 4].")
 @click.option("--metrics", default="fid50k_full,kid50k_full", show_default=True, metavar="LIST",
-              help="Metrics at every snapshot (fid50k_full, kid50k_full, pr50k3_inception).")
+              help="Metrics at every snapshot (fid50k_full, kid50k_full, pr50k3_inception, mem50k_inception: "
+              "memorization of --data judged by --ref; pr50k3_full: VGG16 weights at the default place).")
 @click.option("--metrics-num", type=int, metavar="INT", help="Generated images per evaluation [default: 50000].")
 @click.option("--metric-seed", type=int, default=0, show_default=True, help="Seed of the metric latents (the same "
               "for every run and snapshot).")

@@ -26,7 +26,9 @@ from stylegan_rlo.checkpoints.pickles import PickleError, load_network_pkl
 from stylegan_rlo.data.dataset import DatasetError, ImageFolderDataset
 from stylegan_rlo.errors import UserError
 from stylegan_rlo.evaluation.generate import parse_int_list
-from stylegan_rlo.evaluation.metrics import MetricError, evaluate_datasets, evaluate_snapshot, validate_metric_names
+from stylegan_rlo.evaluation.memorization import METRIC_NAME as MEM_METRIC
+from stylegan_rlo.evaluation.metrics import (MetricError, dataset_fingerprint, evaluate_datasets, evaluate_snapshot,
+                                             validate_metric_names)
 from stylegan_rlo.experiments.arms import Arm, changed_arms, check_arms
 from stylegan_rlo.experiments.compare_run import (METRIC_LABELS, RunJob, RunResult, format_seconds, format_values,
                                                   grid_images, run_in_children, run_one, save_labelled_blocks)
@@ -44,6 +46,7 @@ CONTROLLED_OPTIONS = tuple(option.name for option in TRAINING_OPTIONS if not opt
 HIGHER_IS_BETTER = ("pr50k3_inception_precision", "pr50k3_inception_recall", "pr50k3_full_precision",
                     "pr50k3_full_recall")
 START_LABEL = "start (shared)"
+FINGERPRINTS = (("data_fingerprint", "--data", "data"), ("ref_fingerprint", "--ref", "ref"))  # checked by --continue
 MAX_SUMMARY_BYTES = 64 * 2**20  # a summary.json read back by --continue (real ones are kilobytes)
 
 
@@ -82,7 +85,8 @@ def _validate(network: str, data: str, ref: str, seeds: Sequence[int], kimg: flo
     except MetricError as e:
         raise CompareError(f"--metrics: {e}") from e
     if not names:
-        raise CompareError("--metrics: at least one metric is needed (fid50k_full, kid50k_full, pr50k3_inception)")
+        raise CompareError("--metrics: at least one metric is needed (fid50k_full, kid50k_full, pr50k3_inception, "
+                           "mem50k_inception)")
     if metrics_num is not None and (isinstance(metrics_num, bool) or not isinstance(metrics_num, int)
                                     or metrics_num < 2):
         raise CompareError(f"--metrics-num must be an integer of at least 2, got {metrics_num!r}")
@@ -164,7 +168,8 @@ def compare_objectives(*, network: str, data: str, ref: str, arms: Sequence[Arm]
                   seeds=list(seeds), kimg=kimg, snap_kimg=snap_kimg, start_kimg=start_kimg, metrics=names,
                   metrics_num=metrics_num, metric_seed=metric_seed, device=str(run_device), best_metric=best_metric,
                   batch=first.batch_size, ema_kimg=first.ema_kimg, train_options=train_options,
-                  num_data=len(data_set), num_ref=len(ref_set), mirror=bool(first.training_set_kwargs["xflip"]))
+                  num_data=len(data_set), num_ref=len(ref_set), mirror=bool(first.training_set_kwargs["xflip"]),
+                  data_fingerprint=dataset_fingerprint(data), ref_fingerprint=dataset_fingerprint(ref))
     finished = _finished_runs(outdir, config, arms, resume, log)
     timings: dict[str, float] = dict(jobs=jobs)
     log(f"Comparing {len(plans)} run(s): arms {', '.join(a.label for a in arms)} x seeds "
@@ -182,9 +187,11 @@ def compare_objectives(*, network: str, data: str, ref: str, arms: Sequence[Arm]
     G0 = start["G_ema"] if start.get("G_ema") is not None else start["G"]
     log(f"Start network (kimg 0, shared by all runs): {', '.join(names)} of {metrics_num or 'the default number of'} "
         f"generated images against {ref}...")
+    memorization = dict(training_data=data, training_mirror=config["mirror"],
+                        nn_picture=os.path.join(outdir, "nn-start.png")) if MEM_METRIC in names else {}
     start_records = evaluate_snapshot(G0, metrics=names, data=ref, num_gen=metrics_num, device=run_device,
                                       seed=metric_seed, snapshot_pkl=os.path.abspath(network), verbose=show_progress,
-                                      inception_weights=inception_weights)
+                                      inception_weights=inception_weights, **memorization)
     start_records = [dict(r, kimg=0.0, shared_start=True) for r in start_records]
     start_point = dict(kimg=0.0, wall_sec=0.0, snapshot=os.path.abspath(network),
                        **{k: v for r in start_records for k, v in r["results"].items()})
@@ -256,7 +263,11 @@ def _finished_runs(outdir: str, config: dict, arms: Sequence[Arm], resume: bool,
     if arm_changes:
         raise CompareError(f"--continue: the comparison in {outdir} was made with other arms ({'; '.join(arm_changes)}"
                            f"); continue it with the same arms, or choose another --outdir")
+    _check_fingerprints(old_config, config, outdir, log)
     new_config = {k: v for k, v in json.loads(json.dumps(config)).items() if k != "outdir"}
+    for key, _flag, _name in FINGERPRINTS:
+        old_config.pop(key, None)
+        new_config.pop(key)
     changed = sorted(k for k in old_config.keys() | new_config.keys() if old_config.get(k) != new_config.get(k))
     if changed:
         raise CompareError(f"--continue: the comparison in {outdir} was made with other settings "
@@ -269,6 +280,21 @@ def _finished_runs(outdir: str, config: dict, arms: Sequence[Arm], resume: bool,
             log(f"Continuing: {folder} did not finish; it is left as it was and its run starts again")
     log(f"Continuing the comparison in {outdir}: {len(kept)} finished run(s) kept")
     return kept
+
+
+def _check_fingerprints(old_config: dict, config: dict, outdir: str, log: Callable[[str], Any]) -> None:
+    """Refuse to continue a comparison whose datasets' contents changed since it began (same path, other images):
+    its finished runs and noise floor would not be comparable with new ones. Summaries written before datasets were
+    fingerprinted cannot be checked; that is said."""
+    for key, flag, name in FINGERPRINTS:
+        if key not in old_config:
+            log(f"Continuing: {outdir}/summary.json predates dataset fingerprints; {flag} {config[name]} is assumed "
+                f"unchanged")
+        elif old_config[key] != config[key]:
+            raise CompareError(f"--continue: {flag} {config[name]} is not the dataset the comparison in {outdir} "
+                               f"began with (its images' names, sizes or checksums changed); its finished runs were "
+                               f"trained or measured on the old one. Restore the old dataset, or start the "
+                               f"comparison again in another --outdir")
 
 
 def _summary(config: dict, floor: dict, start: dict, results: Sequence[RunResult], timings: dict) -> dict:

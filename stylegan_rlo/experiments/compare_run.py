@@ -25,6 +25,7 @@ from PIL import Image, ImageDraw
 from stylegan_rlo.checkpoints.pickles import load_network_pkl
 from stylegan_rlo.errors import UserError
 from stylegan_rlo.evaluation.generate import generate_images, seed_latents
+from stylegan_rlo.evaluation.memorization import METRIC_NAME as MEM_METRIC
 from stylegan_rlo.evaluation.metrics import append_records, evaluate_snapshot
 from stylegan_rlo.experiments.jobs import JobsStopped, ProcessPool, die_with_parent
 from stylegan_rlo.fileio import atomic_write
@@ -34,7 +35,8 @@ from stylegan_rlo.training.launch import launch_training
 from stylegan_rlo.training.preemption import TrainingStopped
 
 METRIC_LABELS = {"fid50k_full": "FID", "kid50k_full": "KID", "pr50k3_inception_precision": "precision",
-                 "pr50k3_inception_recall": "recall"}
+                 "pr50k3_inception_recall": "recall", "pr50k3_full_precision": "precision (VGG16)",
+                 "pr50k3_full_recall": "recall (VGG16)", MEM_METRIC: "memorization"}
 LOG_TAIL_LINES = 8  # lines of a failed child's log quoted in the error
 
 
@@ -79,6 +81,20 @@ class RunJob:
     def slug(self) -> str:
         """For file names: 'rlo8-seed0'."""
         return f"{self.arm['label']}-seed{self.seed}"
+
+    @property
+    def training_data(self) -> tuple[str, bool]:
+        """(path, x-flips added) of the run's training set: what the memorization metric searches."""
+        kwargs = self.options["training_set_kwargs"]
+        return kwargs["path"], bool(kwargs.get("xflip", False))
+
+    def memorization_kwargs(self, nn_picture: str | None = None) -> dict:
+        """evaluate_snapshot's training-set keywords: the training set when the memorization metric is asked for
+        (with the nearest-neighbour picture `nn_picture`, if given), else none."""
+        if MEM_METRIC not in self.names:
+            return {}
+        path, mirror = self.training_data
+        return dict(training_data=path, training_mirror=mirror, nn_picture=nn_picture)
 
 
 @dataclass
@@ -197,11 +213,13 @@ def _run(job: RunJob, before: np.ndarray, log: Callable[[str], Any], show_progre
 
 def _evaluate_run(job: RunJob, run_dir: str, device: torch.device, log: Callable[[str], Any],
                   show_progress: bool) -> list[dict]:
-    """FID/KID of every snapshot of a finished run (except one taken after a fresh run's first iteration), appended
-    to its metric-<name>.jsonl with the kimg since the start; returns the points."""
+    """The metrics of every snapshot of a finished run (except one taken after a fresh run's first iteration),
+    appended to its metric-<name>.jsonl with the kimg since the start; returns the points. With the memorization
+    metric, the final snapshot's nearest-neighbour picture is written beside the grids (nn-<label>-seed<seed>.png)."""
     stats = _stats_by_kimg(run_dir)
     points = []
-    for path in snapshots(run_dir):
+    paths = snapshots(run_dir)
+    for path in paths:
         snap = load_network_pkl(path, trust_pickle=job.trust)
         progress = snap.get("progress") or {}
         if progress.get("cur_tick") == 0:
@@ -210,7 +228,8 @@ def _evaluate_run(job: RunJob, run_dir: str, device: torch.device, log: Callable
         log(f"{job.prefix} evaluating {os.path.basename(path)} (kimg {kimg:g})...")
         records = evaluate_snapshot(snap["G_ema"], metrics=job.names, data=job.ref, num_gen=job.metrics_num,
                                     device=device, seed=job.metric_seed, snapshot_pkl=os.path.basename(path),
-                                    verbose=show_progress, inception_weights=job.inception_weights)
+                                    verbose=show_progress, inception_weights=job.inception_weights,
+                                    **job.memorization_kwargs(nn_picture_path(job) if path == paths[-1] else None))
         records = [dict(r, kimg=kimg) for r in records]
         append_records(records, run_dir)
         tick = stats.get(round(int(progress["cur_nimg"]) / 1000, 3))
@@ -265,6 +284,11 @@ def run_in_children(jobs: Sequence[RunJob], limit: int, before: np.ndarray, gpu_
     if failures:
         more = f" ({len(failures) - 1} more run(s) failed: see their logs)" if len(failures) > 1 else ""
         raise RunFailed(failures[0] + more)
+
+
+def nn_picture_path(job: RunJob) -> str:
+    """Where the run's final nearest-neighbour picture goes: beside its grid."""
+    return os.path.join(job.outdir, f"nn-{job.slug}.png")
 
 
 def _log_path(job: RunJob) -> str:

@@ -108,10 +108,11 @@ def comparison_statistics(summary: dict) -> dict:
 
 
 def metric_cell(name: str, value: float | None) -> str:
-    """A metric value as the summaries print it: KID to 4 decimals, precision/recall to 3, FID to 2, '-' for none."""
+    """A metric value as the summaries print it: KID to 4 decimals, precision/recall and the memorization fraction
+    to 3, FID to 2, '-' for none."""
     if value is None:
         return "-"
-    if name.startswith("pr"):
+    if name.startswith(("pr", "mem")):
         return f"{value:.3f}"
     return f"{value:.4f}" if name.startswith("kid") else f"{value:.2f}"
 

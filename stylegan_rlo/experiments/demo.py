@@ -25,6 +25,9 @@ DEMO_ARMS = objective_arms("logistic,rooted:8")  # labelled logistic and rooted8
 DEMO_SEEDS = (0, 1)     # two seeds per objective: a mean and an sd, not one number
 DEMO_KIMG = 4.0         # 125 iterations at batch 32 per run
 DEMO_SNAP_KIMG = 2.0    # two evaluated snapshots per run (+ the shared start)
+# FID and KID (quality), precision/recall (collapse shows as low recall) and the memorization fraction (copies of the
+# training dogs): one Inception pass over the generated images feeds all four.
+DEMO_METRICS = ("fid50k_full", "kid50k_full", "pr50k3_inception", "mem50k_inception")
 DEMO_METRICS_NUM = 300  # = the training set size, so FID is directly comparable with the dogs-vs-held-out floor
 DEMO_JOBS = 1           # runs at a time (--jobs); measured on 2 cores: see docs/demo.md
 # Fine-tuning 300 images with the source model's own hyperparameters (scripts/pretrain_demo_source.sh: batch 32, the
@@ -59,7 +62,7 @@ def run_demo(outdir: str = "demo-out", *, network: str = DEMO_NETWORK, device: s
     setup_sec = time.time() - start
     summary = compare_objectives(
         network=network, data=paths.dogs, ref=paths.dogs_heldout, arms=DEMO_ARMS, seeds=list(DEMO_SEEDS),
-        kimg=DEMO_KIMG, snap_kimg=DEMO_SNAP_KIMG, outdir=outdir, metrics=("fid50k_full", "kid50k_full"),
+        kimg=DEMO_KIMG, snap_kimg=DEMO_SNAP_KIMG, outdir=outdir, metrics=DEMO_METRICS,
         metrics_num=DEMO_METRICS_NUM, device=device, train_options=DEMO_TRAIN_OPTIONS,
         inception_weights=weights, resume=True, jobs=jobs, log=log, show_progress=show_progress)
     total = time.time() - start

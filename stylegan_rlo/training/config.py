@@ -380,7 +380,7 @@ def setup_training_options(*, exact_resume: bool = True, **values: Any) -> tuple
     regularization = _regularization(o)
     args.update(num_gpus=o.gpus, device=str(parse_device(o.device, o.gpus)), random_seed=o.seed,
                 data_loader_kwargs=dict(num_workers=o.workers), kimg_per_tick=o.tick, image_snapshot_ticks=o.snap,
-                network_snapshot_ticks=o.snap, metrics=parse_metrics(o.metrics), metrics_num=o.metrics_num)
+                network_snapshot_ticks=o.snap, metrics=parse_metrics(o.metrics, o.vgg16), metrics_num=o.metrics_num)
     args.update(cudnn_benchmark=not o.nobench, allow_tf32=o.allow_tf32)  # CUDA back-end settings (no-ops on the CPU)
     if args.metrics_num is not None and not args.metrics:
         raise TrainingOptionsError("--metrics-num needs --metrics (e.g. --metrics fid50k_full)")
@@ -418,6 +418,10 @@ def setup_training_options(*, exact_resume: bool = True, **values: Any) -> tuple
     args.metric_data = None if o.metric_data is None else _check_metric_data(o.metric_data, data.resolution,
                                                                              data.channels, data.c_dim)
     args.best_metric = resolve_best_metric(o.best_metric, args.metrics)
+    if o.vgg16 is not None and "pr50k3_full" not in args.metrics:
+        raise TrainingOptionsError("--vgg16 is the feature network of pr50k3_full; add it to --metrics, or leave "
+                                   "--vgg16 out")
+    args.vgg16_weights = o.vgg16
 
     args.G_kwargs, args.D_kwargs = _network_kwargs(o, start)
     _check_length_and_groups(o, args, start.start_kimg)

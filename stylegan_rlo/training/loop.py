@@ -286,6 +286,7 @@ def training_loop(
     resume_state: str | None = None,          # Training state file of the resumed snapshot (exact resume).
     metric_data: str | None = None,           # Dataset the metrics compare with (None = the training data).
     best_metric: str | None = None,           # Metric whose best snapshot is kept as best-<metric>.pkl.
+    vgg16_weights: str | None = None,         # VGG16 weights file of pr50k3_full (None = the default places).
 ) -> dict:
     """Train G and D; writes into `run_dir` on rank 0. With num_gpus > 1 the process group must be initialized.
 
@@ -332,7 +333,7 @@ def training_loop(
                                        schedule=dict(ema_kimg=ema_kimg, ema_rampup=ema_rampup, ada_kimg=ada_kimg),
                                        run=training_state.run_identity(training_set_kwargs, batch_size, batch_gpu))
         snapshot_metrics = SnapshotMetrics.plan(metrics, metrics_num, training_set_kwargs, metric_data, best_metric,
-                                                device, random_seed) if metrics else None
+                                                device, random_seed, vgg16_weights) if metrics else None
 
         outputs.start(training_set, G_ema, default_grid_size(training_set.image_shape) if image_grid is None
                       else image_grid, batch_gpu=batch_gpu, device=device, force_fp32=force_fp32, log=log)

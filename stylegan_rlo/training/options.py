@@ -172,6 +172,8 @@ TRAINING_OPTIONS: tuple[Option, ...] = (
     Option("metrics_num", "int", "Generated images per metric.", derived="50000", low=1, per_run=False),
     Option("metric_data", "str", "Compute --metrics against this dataset (e.g. held-out images) instead of the "
            "training data; mem50k_inception needs it.", metavar="PATH", per_run=False),
+    Option("vgg16", "str", "VGG16 weights for --metrics pr50k3_full: torchvision's state dict vgg16-397923af.pth.",
+           derived="the file in .cache/vgg16/ or torch hub's checkpoints folder", metavar="FILE", per_run=False),
     Option("best_metric", "str", "Keep the best snapshot by this metric as best-NAME.pkl (+ .json).",
            derived="the first of --metrics", metavar="NAME", per_run=False),
     Option("ema_kimg", "float", "G_ema half-life in kimg (short fine-tuning runs: about --kimg / 5).",
@@ -244,8 +246,9 @@ def _choice(name: str, value: str, choices: tuple[str, ...]) -> str:
     return value
 
 
-def parse_metrics(metrics: str | list[str] | tuple[str, ...] | None) -> list[str]:
-    """'none'/''/None -> []; 'a,b' -> ['a', 'b'], validated by evaluation.metrics."""
+def parse_metrics(metrics: str | list[str] | tuple[str, ...] | None, vgg16: str | None = None) -> list[str]:
+    """'none'/''/None -> []; 'a,b' -> ['a', 'b'], validated by evaluation.metrics; pr50k3_full's VGG16 weights
+    (`vgg16`, else the default places) must exist."""
     if metrics is None:
         return []
     names = [m.strip() for m in (metrics.split(",") if isinstance(metrics, str) else metrics)]
@@ -262,7 +265,7 @@ def parse_metrics(metrics: str | list[str] | tuple[str, ...] | None) -> list[str
         checked = list(validate_metric_names(names))
         if "pr50k3_full" in checked:  # needs a VGG16 weights file: refused now, not at the first snapshot
             from stylegan_rlo.evaluation.vgg16 import resolve_vgg16_path  # start-up: only for this metric
-            resolve_vgg16_path()
+            resolve_vgg16_path(vgg16)
         return checked
     except UserError as e:
         raise TrainingOptionsError(f"--metrics: {e}") from e

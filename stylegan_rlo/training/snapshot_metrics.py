@@ -38,16 +38,18 @@ class SnapshotMetrics:
     seed: int
     training_data: str
     training_mirror: bool
+    vgg16_weights: str | None = None
 
     @classmethod
     def plan(cls, metrics: Sequence[str], metrics_num: int | None, training_set_kwargs: dict,
-             metric_data: str | None, best_metric: str | None, device: torch.device, seed: int) -> SnapshotMetrics:
+             metric_data: str | None, best_metric: str | None, device: torch.device, seed: int,
+             vgg16_weights: str | None = None) -> SnapshotMetrics:
         """The evaluation of the training loop's metric options; `metric_data` None means the training data."""
         training_data, training_mirror = training_set_kwargs["path"], bool(training_set_kwargs.get("xflip", False))
         data = training_data if metric_data is None else metric_data
         mirror = training_mirror and metric_data is None
         return cls(list(metrics), metrics_num, data, mirror, best_metric, device, seed, training_data,
-                   training_mirror)
+                   training_mirror, vgg16_weights)
 
     def evaluate(self, G_ema: torch.nn.Module, snapshot_pkl: str, cur_nimg: int, run_dir: str,
                  log: Callable[[str], None]) -> dict[str, float]:
@@ -59,7 +61,7 @@ class SnapshotMetrics:
         records = evaluate_snapshot(G_ema, metrics=self.names, data=self.data, num_gen=self.num_gen,
                                     mirror=self.mirror, device=str(self.device), seed=self.seed,
                                     snapshot_pkl=os.path.basename(snapshot_pkl), training_data=self.training_data,
-                                    training_mirror=self.training_mirror)
+                                    training_mirror=self.training_mirror, vgg16_weights=self.vgg16_weights)
         append_records([dict(record, data=self.data) for record in records], run_dir)
         for record in records:
             if record["metric"] == self.best_metric and update_best(

@@ -281,6 +281,13 @@ def test_an_interrupted_comparison_continues(tmp_path, weights, one_thread, tabl
         compare_objectives(**kwargs, log=lambda _m: None)
     with pytest.raises(CompareError, match=r"other settings \(metrics_num differ\)"):
         compare_objectives(**dict(kwargs, metrics_num=5), resume=True, log=lambda _m: None)
+    for changed in (data, ref):  # same path, same count, other images: refused, then restored
+        original = open(changed, "rb").read()
+        make_zip(changed, num=8 if changed == data else 6, seed=7)
+        flag = "--data" if changed == data else "--ref"
+        with pytest.raises(CompareError, match=f"{flag} .* is not the dataset the comparison in .* began with"):
+            compare_objectives(**kwargs, resume=True, log=lambda _m: None)
+        open(changed, "wb").write(original)
 
     monkeypatch.setattr(compare_run, "launch_training", real_launch)
     lines: list[str] = []
@@ -296,3 +303,43 @@ def test_an_interrupted_comparison_continues(tmp_path, weights, one_thread, tabl
         assert json.load(f) == summary
     assert len(table_rows(open(os.path.join(outdir, "summary.md"), encoding="utf-8").read(),
                            "Final snapshot of each run")) == 3  # start + both runs
+
+
+def test_precision_recall_and_memorization_in_a_comparison(tmp_path, weights, one_thread, table_rows):
+    """pr50k3_inception and mem50k_inception ride along with KID: every point holds precision, recall and the
+    memorization fraction as each run's own metric records have them; memorization searches the run's training set
+    (x-flips included), as a direct evaluation of the final snapshot with that training set gives; summary.md has
+    their columns and paired differences, metrics.png a panel each, and each run's final snapshot its
+    nearest-neighbour picture beside the grids."""
+    data = make_zip(tmp_path / "train.zip", num=8, seed=0)
+    ref = make_zip(tmp_path / "ref.zip", num=6, seed=1)
+    outdir = str(tmp_path / "out")
+    names = ["kid50k_full", "pr50k3_inception", "mem50k_inception"]
+    summary = compare_objectives(
+        network=str(TINY_UNCOND), data=data, ref=ref, arms=objective_arms("logistic,rooted:8"), seeds=[3], kimg=0.008,
+        snap_kimg=0.008, outdir=outdir, metrics=names, metrics_num=6, device="cpu",
+        train_options=dict(batch=4, workers=0, mirror=True, ema_kimg=0.002), grid=GRID, inception_weights=weights,
+        log=lambda _m: None, show_progress=False)
+    values = ["kid50k_full", "pr50k3_inception_precision", "pr50k3_inception_recall", "mem50k_inception"]
+    assert compare.value_names(summary) == values
+    assert set(values) <= set(summary["noise_floor"]) and set(values) <= set(summary["start"])
+    for run in summary["runs"]:
+        final = run["points"][-1]
+        for name in names:
+            record = _records(run["run_dir"], name)[-1]
+            assert all(final[key] == value for key, value in record["results"].items())
+        direct = metrics.evaluate_snapshot(
+            load_network_pkl(os.path.join(run["run_dir"], final["snapshot"]))["G_ema"], metrics=["mem50k_inception"],
+            data=ref, num_gen=6, seed=0, inception_weights=weights, training_data=data, training_mirror=True)
+        assert direct[0]["results"]["mem50k_inception"] == final["mem50k_inception"]
+        picture = Image.open(os.path.join(outdir, f"nn-{run['arm']}-seed3.png"))
+        assert picture.format == "PNG" and picture.size[0] > 4 * 64
+    assert os.path.isfile(os.path.join(outdir, "nn-start.png"))
+    md = open(os.path.join(outdir, "summary.md"), encoding="utf-8").read()
+    header = md.split("## Final snapshot of each run\n", 1)[1].split("\n")[1]
+    assert [c.strip() for c in header.strip("|").split("|")][3:7] == ["KID", "precision", "recall", "memorization"]
+    paired = table_rows(md, "Paired difference: rooted8 minus logistic (same seeds: 3)")
+    runs = summary["runs"]
+    mem_diff = runs[1]["points"][-1]["mem50k_inception"] - runs[0]["points"][-1]["mem50k_inception"]
+    assert f"{mem_diff:.4f} [-, -]" in paired[0] or f"{mem_diff:.3f} [-, -]" in paired[0]
+    assert Image.open(os.path.join(outdir, "metrics.png")).size == (550 * len(values), 400)

@@ -60,6 +60,8 @@ def test_precision_recall_ranks_no_snapshot():
     (dict(metrics="fid,mem50k_inception", metric_data="HELDOUT", best_metric="mem50k_inception"),
      ["--best-metric mem50k_inception", "copied training images", "fid50k_full or kid50k_full"]),
     (dict(metrics="pr50k3_full"), ["pr50k3_full", "VGG16", "pr50k3_inception"]),
+    (dict(metrics="pr50k3_full", vgg16="MISSING"), ["--metrics", "VGG16 weights file not found", "missing.zip"]),
+    (dict(metrics="fid50k_full", vgg16="HELDOUT"), ["--vgg16 is the feature network of pr50k3_full"]),
     (dict(metrics="fid50k_full", metric_data="SMALL"), ["--metric-data", "16x16", "32x32"]),
     (dict(metrics="fid50k_full", metric_data="MISSING"), ["--metric-data", "missing.zip"]),
     (dict(metrics="fid50k_full", metric_data="HELDOUT", cond=True, resume=str(TINY_COND)),
@@ -100,6 +102,25 @@ def test_training_hook_uses_held_out_data_and_tracks_the_best(tmp_path, one_thre
         metric="fid50k_full", kimg=0.008, value=1.0, snapshot="network-snapshot-000000.pkl")
     with open(os.path.join(run_dir, "log.txt"), encoding="utf-8") as f:
         assert f.read().count("New best fid50k_full") == 2
+
+
+def test_training_passes_the_vgg16_file_to_pr50k3_full(tmp_path, one_thread, monkeypatch):
+    """--vgg16 FILE reaches every snapshot evaluation of pr50k3_full (the metric itself: tests/evaluation)."""
+    data = make_zip(tmp_path / "train.zip", num=8, seed=0)
+    weights = tmp_path / "vgg16-397923af.pth"
+    weights.write_bytes(b"stand-in")
+    calls = []
+
+    def fake_evaluate(G, **kwargs):
+        calls.append(kwargs)
+        return [metrics.make_record("pr50k3_full", dict(pr50k3_full_precision=0.5, pr50k3_full_recall=0.5), num_gen=4,
+                                    total_time=0.0, snapshot_pkl=kwargs["snapshot_pkl"])]
+
+    monkeypatch.setattr(metrics, "evaluate_snapshot", fake_evaluate)
+    desc, options = setup_training_options(data=data, resume=str(TINY_UNCOND), device="cpu", workers=0, batch=4,
+                                           tick=0.004, snap=1, kimg=0.008, metrics="pr50k3_full", vgg16=str(weights))
+    launch_training(desc, options, str(tmp_path / "runs"), show_progress=False, image_grid=(2, 2))
+    assert [(c["metrics"], c["vgg16_weights"]) for c in calls] == [(["pr50k3_full"], str(weights))] * 2
 
 
 @pytest.mark.slow  # ~90 s on a shared CPU: five Inception evaluations
