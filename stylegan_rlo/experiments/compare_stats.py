@@ -1,5 +1,6 @@
 """Statistics of a comparison over seeds: mean +- sd per arm and snapshot, paired differences against the first arm
-with 95% t confidence intervals, sec/kimg, and diverged runs (counted, never dropped).
+with 95% t confidence intervals, sec/kimg, and the runs that collapsed or ended worse than the start network
+(counted, never dropped).
 
 Pairing: runs of two arms with the same seed share the start network, the data order and the metric latents, so
 their difference removes the seed's own luck; the interval is Student's t on the per-seed differences.
@@ -16,6 +17,10 @@ import numpy as np
 from scipy import stats as scipy_stats
 
 CONFIDENCE = 0.95
+# A run collapsed when its final FID is more than this factor above the start network's: a margin far beyond the
+# seed-to-seed spread of the runs that did not blow up (sd 4-7 FID at about 148 in both dog experiments), which
+# short fine-tuning runs easily end slightly above, so "worse than the start" is counted on its own.
+COLLAPSE_FACTOR = 1.2
 
 
 def mean_sd(values: Sequence[float]) -> dict:
@@ -40,14 +45,27 @@ def _is_finite(value) -> bool:
     return value is not None and math.isfinite(value)
 
 
-def run_diverged(run: dict, start: dict, names: Sequence[str]) -> bool:
-    """A run diverged when any of its metric values is non-finite or its last FID is above the start network's."""
+def _final_and_start_fid(run: dict, start: dict, names: Sequence[str]) -> tuple[float, float] | None:
+    fid = next((n for n in names if n.startswith("fid")), None)
+    if fid and len(run["points"]) > 1 and _is_finite(start.get(fid)) and _is_finite(run["points"][-1].get(fid)):
+        return run["points"][-1][fid], start[fid]
+    return None
+
+
+def run_collapsed(run: dict, start: dict, names: Sequence[str]) -> bool:
+    """A run collapsed when any of its metric values is non-finite or its last FID is more than COLLAPSE_FACTOR
+    times the start network's."""
     values = [p.get(n) for p in run["points"][1:] for n in names]
     if any(v is None or not math.isfinite(v) for v in values):
         return True
-    fid = next((n for n in names if n.startswith("fid")), None)
-    return bool(fid and len(run["points"]) > 1 and _is_finite(start.get(fid))
-                and run["points"][-1][fid] > start[fid])
+    fids = _final_and_start_fid(run, start, names)
+    return bool(fids and fids[0] > COLLAPSE_FACTOR * fids[1])
+
+
+def run_worse_than_start(run: dict, start: dict, names: Sequence[str]) -> bool:
+    """The run's last FID is above the start network's (fine-tuning made it worse; collapsed runs included)."""
+    fids = _final_and_start_fid(run, start, names)
+    return run_collapsed(run, start, names) or bool(fids and fids[0] > fids[1])
 
 
 def value_names(summary: dict) -> list[str]:
@@ -74,8 +92,8 @@ def _value_at(run: dict, kimg: float, name: str):
 
 
 def comparison_statistics(summary: dict) -> dict:
-    """Per arm: runs, diverged count, sec/kimg, and per snapshot mean/sd of every metric; per other arm and snapshot:
-    the paired difference (arm - first arm) over the shared seeds with its t interval."""
+    """Per arm: runs, collapsed and worse-than-start counts, sec/kimg, and per snapshot mean/sd of every metric; per
+    other arm and snapshot: the paired difference (arm - first arm) over the shared seeds with its t interval."""
     names, runs, start = value_names(summary), summary["runs"], summary["start"]
     labels = list(dict.fromkeys(arm_label(r) for r in runs))
     per_arm = {}
@@ -85,7 +103,8 @@ def comparison_statistics(summary: dict) -> dict:
                   if len(r["points"]) > 1 and r["points"][-1]["kimg"] > 0]
         per_arm[label] = dict(
             runs=len(group), seeds=[r["seed"] for r in group],
-            diverged=sum(run_diverged(r, start, names) for r in group),
+            collapsed=sum(run_collapsed(r, start, names) for r in group),
+            worse_than_start=sum(run_worse_than_start(r, start, names) for r in group),
             sec_per_kimg=mean_sd(speeds),
             snapshots=[dict(kimg=k, **{n: mean_sd([_value_at(r, k, n) for r in group]) for n in names})
                        for k in _kimgs(group)])
@@ -124,7 +143,7 @@ def markdown_table(rows: list[list[str]], header: list[str]) -> list[str]:
 
 
 def statistics_markdown(stats: dict, names: Sequence[str], labels: dict[str, str]) -> list[str]:
-    """Markdown lines: mean +- sd per arm and snapshot, paired differences with CIs, speed and divergences.
+    """Markdown lines: mean +- sd per arm and snapshot, paired differences with CIs, speed, collapses.
     `labels` maps metric names to column titles (FID, KID)."""
     title = {n: labels.get(n, n) for n in names}
     lines = ["## Mean ± sd over seeds, per snapshot", ""]
@@ -147,11 +166,11 @@ def statistics_markdown(stats: dict, names: Sequence[str], labels: dict[str, str
                  f"{metric_cell(n, snap[n]['high'])}]" for n in names]
                 for snap in pair["snapshots"] if snap["kimg"] > 0]
         lines += markdown_table(rows, ["kimg", "pairs"] + [f"Δ{title[n]} [{pct} CI]" for n in names])
-    lines += ["", "## Speed and divergence", ""]
-    rows = [[label, str(arm["runs"]), str(arm["diverged"]),
+    lines += ["", "## Speed and collapses", ""]
+    rows = [[label, str(arm["runs"]), str(arm["collapsed"]), str(arm["worse_than_start"]),
              "-" if arm["sec_per_kimg"]["mean"] is None else
              f"{arm['sec_per_kimg']['mean']:.1f} ± {arm['sec_per_kimg']['sd'] or 0:.1f}"]
             for label, arm in stats["arms"].items()]
-    lines += markdown_table(rows, ["arm", "runs", "diverged (non-finite or FID above start)",
-                                   "sec/kimg (training)"])
+    lines += markdown_table(rows, ["arm", "runs", f"collapsed (non-finite, or final FID > {COLLAPSE_FACTOR:g} x start)",
+                                   "final FID above start", "sec/kimg (training)"])
     return lines

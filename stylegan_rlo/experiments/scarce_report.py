@@ -22,8 +22,9 @@ from stylegan_rlo.errors import UserError
 from stylegan_rlo.evaluation.memorization import METRIC_NAME as MEM_METRIC
 from stylegan_rlo.experiments.compare import MAX_SUMMARY_BYTES
 from stylegan_rlo.experiments.compare_run import METRIC_LABELS
-from stylegan_rlo.experiments.compare_stats import (CONFIDENCE, markdown_table, mean_sd, metric_cell,
-                                                    run_diverged, t_interval, value_names)
+from stylegan_rlo.experiments.compare_stats import (COLLAPSE_FACTOR, CONFIDENCE, markdown_table, mean_sd,
+                                                    metric_cell, run_collapsed, run_worse_than_start, t_interval,
+                                                    value_names)
 from stylegan_rlo.fileio import atomic_write, read_regular_bytes
 
 REPORT_METRICS = ("fid50k_full", "kid50k_full", "pr50k3_inception_precision", "pr50k3_inception_recall", MEM_METRIC)
@@ -159,12 +160,14 @@ def _missing(summary: Summary) -> list[str]:
 
 def _arm_report(label: str, runs: list[tuple[dict, Summary]], base: dict[int, dict], names: list[str],
                 final_kimg: float, is_baseline: bool) -> dict:
-    """One arm on one training set: its runs, final values, divergences and (other than the baseline) its paired
+    """One arm on one training set: its runs, final values, collapses and (other than the baseline) its paired
     differences against the baseline at every kimg."""
     by_seed = {r["seed"]: r for r, _ in runs}
-    diverged = [r["seed"] for r, s in runs if run_diverged(r, s.data["start"], value_names(s.data))]
+    collapsed = [r["seed"] for r, s in runs if run_collapsed(r, s.data["start"], value_names(s.data))]
+    worse = [r["seed"] for r, s in runs if run_worse_than_start(r, s.data["start"], value_names(s.data))]
     out = dict(options=runs[0][0]["options"], summaries=sorted({s.path for _, s in runs}), seeds=sorted(by_seed),
-               diverged=len(diverged), diverged_seeds=sorted(diverged),
+               collapsed=len(collapsed), collapsed_seeds=sorted(collapsed),
+               worse_than_start=len(worse), worse_than_start_seeds=sorted(worse),
                final={n: mean_sd([_value_at(r, final_kimg, n) for r in by_seed.values()]) for n in names},
                final_interval={n: _with_half_width(t_interval(
                    [v for v in (_value_at(r, final_kimg, n) for r in by_seed.values()) if v is not None]))
@@ -232,7 +235,7 @@ def seeds_for_power(sd: float | None, difference: float = TARGET_HALF_WIDTH, pow
 
 
 def _detectable(arms: dict, num_seeds: int) -> dict:
-    """The paired-difference sd of the final FID per arm and pooled over the arms without a diverged run, the
+    """The paired-difference sd of the final FID per arm and pooled over the arms without a collapsed run, the
     interval half-width with the seeds there are, and the seeds a 2 FID difference needs."""
     rows = {}
     pooled_ss, pooled_df = 0.0, 0
@@ -242,7 +245,7 @@ def _detectable(arms: dict, num_seeds: int) -> dict:
         diffs = [d for d in arm["final_fid_diffs"] if d is not None]
         sd = mean_sd(diffs)["sd"]
         rows[label] = _detectable_row(sd, len(diffs))
-        if sd is not None and not arm["diverged"]:
+        if sd is not None and not arm["collapsed"]:
             pooled_ss += sd ** 2 * (len(diffs) - 1)
             pooled_df += len(diffs) - 1
     pooled = _detectable_row(math.sqrt(pooled_ss / pooled_df) if pooled_df else None, num_seeds)
@@ -324,8 +327,10 @@ def report_markdown(report: dict) -> str:
              f"at the final snapshot ({kimg:g} kimg). Start network `{s['network']}`; metrics from "
              f"{s['metrics_num'] if s['metrics_num'] is not None else '50k'} generated images (metric seed "
              f"{s['metric_seed']}); seeds {', '.join(map(str, s['seeds']))}. {pct} intervals: {report['interval']}; "
-             "negative ΔFID is better for the arm. Diverged: a non-finite metric or a final FID above the start "
-             "network's (counted, never dropped).", "", "![scarce.png](scarce.png)", "", "## Missing", ""]
+             "negative ΔFID is better for the arm. Collapsed: a non-finite metric or a final FID more than "
+             f"{COLLAPSE_FACTOR:g} times the start network's; worse than start: a final FID above the start "
+             "network's (collapsed runs included). Both counted, never dropped.", "", "![scarce.png](scarce.png)", "",
+             "## Missing", ""]
     lines += [f"- {m}" for m in report["missing"]] or ["Nothing: every arm of every summary has all its seeds."]
     for ts in report["training_sets"]:
         names = ts["metrics"]
@@ -339,9 +344,11 @@ def report_markdown(report: dict) -> str:
                          if FID in names else "-", "baseline" if label == base else _interval_cell(FID, fid),
                          "-" if not fid or fid["half_width"] is None else f"{fid['half_width']:.2f}"] +
                         [_mean_sd_cell(n, arm["final"][n]) if n in names else "-"
-                         for n in ("pr50k3_inception_precision", RECALL, MEM_METRIC)] + [str(arm["diverged"])])
+                         for n in ("pr50k3_inception_precision", RECALL, MEM_METRIC)] +
+                        [str(arm["collapsed"]), str(arm["worse_than_start"])])
         lines += markdown_table(rows, ["arm", "seeds", "FID (mean ± sd)", f"ΔFID [{pct} CI]", "CI half-width",
-                                       "precision", "recall", "memorization", "diverged"])
+                                       "precision", "recall", "memorization", "collapsed",
+                                       "worse than start"])
         others = [n for n in names if n != FID]
         if others and any("paired" in a for a in ts["arms"].values()):
             lines += ["", f"Paired differences of the other metrics at {kimg:g} kimg (higher precision and recall "
@@ -356,7 +363,7 @@ def report_markdown(report: dict) -> str:
               f"{report['target_difference']:g} FID (smallest n with t(0.975, n-1) sd / √n ≤ "
               f"{report['target_difference']:g}), and for {report['target_power'] * 100:g}% power to detect a "
               f"{report['target_difference']:g} FID difference at α = {1 - report['confidence']:.2g} "
-              f"({report['power_method']}). Pooled: over the arms without a diverged run.", ""]
+              f"({report['power_method']}). Pooled: over the arms without a collapsed run.", ""]
     rows = []
     for ts in report["training_sets"]:
         det = ts["detectable"]

@@ -333,8 +333,8 @@ def test_four_arms_two_seeds_jobs_1_equals_jobs_2(tmp_path, weights, one_thread)
     assert [_values(r) for r in parallel["runs"]] == [_values(r) for r in serial["runs"]]
     assert parallel["statistics"]["paired"] == serial["statistics"]["paired"]
     for label, arm in parallel["statistics"]["arms"].items():  # (sec/kimg differs: timings)
-        assert (arm["snapshots"], arm["diverged"]) == (serial["statistics"]["arms"][label]["snapshots"],
-                                                       serial["statistics"]["arms"][label]["diverged"])
+        assert (arm["snapshots"], arm["collapsed"]) == (serial["statistics"]["arms"][label]["snapshots"],
+                                                        serial["statistics"]["arms"][label]["collapsed"])
     for label in parallel["statistics"]["paired"]:  # every arm but the first has a paired interval over 2 seeds
         final = parallel["statistics"]["paired"][label]["snapshots"][-1]["kid50k_full"]
         assert final["n"] == 2 and final["low"] is not None and final["low"] <= final["mean"] <= final["high"]

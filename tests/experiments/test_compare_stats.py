@@ -5,8 +5,8 @@ import math
 import numpy as np
 import pytest
 
-from stylegan_rlo.experiments.compare_stats import (comparison_statistics, mean_sd, run_diverged, statistics_markdown,
-                                                     t_interval)
+from stylegan_rlo.experiments.compare_stats import (comparison_statistics, mean_sd, run_collapsed,
+                                                     run_worse_than_start, statistics_markdown, t_interval)
 
 T_975 = {1: 12.706204736, 2: 4.302652730, 4: 2.776445105}  # two-sided 95% Student t quantiles, from tables
 
@@ -47,21 +47,24 @@ def test_paired_differences_per_seed_and_snapshot():
     assert at4["n"] == 5 and at4["mean"] == pytest.approx(d.mean())
     assert (at4["low"], at4["high"]) == (pytest.approx(d.mean() - half), pytest.approx(d.mean() + half))
     obj = stats["arms"]["rooted k=8"]
-    assert obj["runs"] == 5 and obj["diverged"] == 0
+    assert obj["runs"] == 5 and obj["collapsed"] == 0 and obj["worse_than_start"] == 0
     assert obj["sec_per_kimg"]["mean"] == pytest.approx(3.0)  # 12 s over 4 kimg
     snap2 = next(s for s in obj["snapshots"] if s["kimg"] == 2.0)["fid50k_full"]
     assert snap2["mean"] == pytest.approx(np.mean([78 + 1.5 * s for s in range(5)]))
 
 
-def test_diverged_runs_are_counted_not_dropped():
+def test_collapsed_and_worse_runs_are_counted_not_dropped():
     ok = _run("logistic", 0, [100.0, 90.0, 80.0])
-    worse = _run("logistic", 1, [100.0, 90.0, 120.0])  # final FID above the start
+    worse = _run("logistic", 1, [100.0, 90.0, 110.0])  # final FID above the start, within 1.2x
+    blown = _run("logistic", 3, [100.0, 90.0, 121.0])  # more than 1.2x the start
     nan = _run("logistic", 2, [100.0, float("nan"), 80.0])
-    summary = _summary([ok, worse, nan])
-    assert [run_diverged(r, summary["start"], ["fid50k_full"]) for r in (ok, worse, nan)] == [False, True, True]
+    summary = _summary([ok, worse, blown, nan])
+    runs = (ok, worse, blown, nan)
+    assert [run_collapsed(r, summary["start"], ["fid50k_full"]) for r in runs] == [False, False, True, True]
+    assert [run_worse_than_start(r, summary["start"], ["fid50k_full"]) for r in runs] == [False, True, True, True]
     stats = comparison_statistics(summary)["arms"]["logistic"]
-    assert stats["runs"] == 3 and stats["diverged"] == 2
+    assert (stats["runs"], stats["collapsed"], stats["worse_than_start"]) == (4, 2, 3)
     at2 = next(s for s in stats["snapshots"] if s["kimg"] == 2.0)["fid50k_full"]
-    assert at2["n"] == 2  # the NaN is not averaged in, but the run is still counted
+    assert at2["n"] == 3  # the NaN is not averaged in, but the run is still counted
     md = "\n".join(statistics_markdown(comparison_statistics(summary), ["fid50k_full"], {"fid50k_full": "FID"}))
-    assert "| logistic | 3 | 2 |" in md
+    assert "| logistic | 4 | 2 | 3 |" in md

@@ -115,15 +115,16 @@ def test_paired_differences_across_summaries_match_numpy(tmp_path):
     assert final["mean"] == pytest.approx(np.mean(fids)) and final["sd"] == pytest.approx(np.std(fids, ddof=1))
 
 
-def test_diverged_runs_are_counted_and_their_pairs_left_out(tmp_path):
+def test_collapsed_runs_are_counted_and_their_pairs_left_out(tmp_path):
     summaries = experiment()
     run = next(r for r in summaries["n50"]["runs"] if r["arm"] == "rooted8" and r["seed"] == 2)
     run["points"][-1]["fid50k_full"] = float("nan")
     blown = next(r for r in summaries["n50"]["runs"] if r["arm"] == "rooted4" and r["seed"] == 0)
     blown["points"][-1]["fid50k_full"] = summaries["n50"]["start"]["fid50k_full"] + 50
     n50 = report_of(tmp_path, summaries)["training_sets"][0]
-    assert (n50["arms"]["rooted8"]["diverged"], n50["arms"]["rooted4"]["diverged"]) == (1, 1)
-    assert n50["arms"]["rooted8"]["diverged_seeds"] == [2] and n50["arms"]["logistic"]["diverged"] == 0
+    assert (n50["arms"]["rooted8"]["collapsed"], n50["arms"]["rooted4"]["collapsed"]) == (1, 1)
+    assert n50["arms"]["rooted8"]["collapsed_seeds"] == [2] and n50["arms"]["logistic"]["collapsed"] == 0
+    assert n50["arms"]["rooted4"]["worse_than_start_seeds"] == [0]
     assert n50["arms"]["rooted8"]["paired"]["final"]["fid50k_full"]["n"] == 4
     assert n50["arms"]["rooted4"]["paired"]["final"]["fid50k_full"]["n"] == 5  # counted, not dropped
     assert n50["arms"]["rooted8"]["paired"]["final"]["kid50k_full"]["n"] == 5
