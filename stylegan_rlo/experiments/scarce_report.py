@@ -29,6 +29,9 @@ from stylegan_rlo.fileio import atomic_write, read_regular_bytes
 
 REPORT_METRICS = ("fid50k_full", "kid50k_full", "pr50k3_inception_precision", "pr50k3_inception_recall", MEM_METRIC)
 FID = "fid50k_full"
+# Panel A switches to a symmetric log scale (linear within +-SYMLOG_LINEAR FID) when its values reach past
+# +-SYMLOG_ABOVE, so that collapsed arms and the arms within a few FID of the baseline are both readable.
+SYMLOG_ABOVE, SYMLOG_LINEAR = 40.0, 10.0
 RECALL = "pr50k3_inception_recall"
 PAIRED_SETTINGS = ("network", "ref_fingerprint", "metrics_num", "metric_seed", "kimg", "snap_kimg", "seeds",
                    "train_options")
@@ -403,11 +406,16 @@ def plot_report(report: dict, path: str) -> None:
         ax.errorbar(x, y, yerr=err, marker="o", capsize=3, color=f"C{i}", linestyle="-" if len(pts) > 1 else "none",
                     label=label)
     ax.axhline(0, color="gray", linewidth=1)
+    low, high = ax.get_ylim()
+    symlog = max(abs(low), abs(high)) > SYMLOG_ABOVE
+    if symlog:  # a collapsing arm's interval (+-100 FID) would flatten every other arm's to a line
+        ax.set_yscale("symlog", linthresh=SYMLOG_LINEAR)
     ax.set_xscale("log")
     ax.set_xticks([ts["num_data"] for ts in sets], [str(ts["num_data"]) for ts in sets])
     ax.minorticks_off()
     ax.set_xlabel("training images (log scale)")
-    ax.set_ylabel(f"ΔFID vs {base} at {report['final_kimg']:g} kimg")
+    ax.set_ylabel(f"ΔFID vs {base} at {report['final_kimg']:g} kimg"
+                  + (f" (log beyond ±{SYMLOG_LINEAR:g})" if symlog else ""))
     ax.set_title(f"A: paired FID difference (mean, {report['confidence'] * 100:g}% CI; < 0: better)")
     for ax, name, letter in ((axes[1], FID, "B"), (axes[2], RECALL, "C")):
         _plot_against_k(ax, sets[-1] if sets else None, name, base, report, letter)
