@@ -115,6 +115,34 @@ def test_paired_differences_across_summaries_match_numpy(tmp_path):
     assert final["mean"] == pytest.approx(np.mean(fids)) and final["sd"] == pytest.approx(np.std(fids, ddof=1))
 
 
+def test_best_snapshot_differences_match_numpy(tmp_path):
+    """Each run's lowest FID after the start, paired by seed, against a loop over the points here; a non-finite
+    FID is passed over and the start network's FID never counts."""
+    summaries = experiment()
+    rooted8 = {r["seed"]: r for r in summaries["n100"]["runs"] if r["arm"] == "rooted8"}
+    rooted8[3]["points"][2]["fid50k_full"] = float("nan")
+    rooted8[4]["points"][0]["fid50k_full"] = 1.0  # the start's own entry: not a snapshot of the run
+    logistic = {r["seed"]: r for r in summaries["n100"]["runs"] if r["arm"] == "logistic"}
+
+    def lowest(run):
+        best = math.inf
+        for point in run["points"][1:]:
+            if math.isfinite(point["fid50k_full"]) and point["fid50k_full"] < best:
+                best = point["fid50k_full"]
+        return best
+
+    n100 = report_of(tmp_path, summaries)["training_sets"][1]
+    d = np.array([lowest(rooted8[s]) - lowest(logistic[s]) for s in SEEDS])
+    got = n100["arms"]["rooted8"]["paired"]["best_fid"]
+    half = T_975_4 * d.std(ddof=1) / np.sqrt(5)
+    assert got["mean"] == pytest.approx(d.mean(), rel=1e-12) and got["half_width"] == pytest.approx(half, rel=1e-9)
+    bests = [lowest(rooted8[s]) for s in SEEDS]
+    assert n100["arms"]["rooted8"]["best_fid"]["mean"] == pytest.approx(np.mean(bests), rel=1e-12)
+    assert "best_fid" not in n100["arms"]["logistic"].get("paired", {})
+    assert sr.best_fid({"points": [{"kimg": 0.0, "fid50k_full": 1.0}, {"kimg": 4.0, "fid50k_full": math.nan}]}) \
+        is None
+
+
 def test_collapsed_runs_are_counted_and_their_pairs_left_out(tmp_path):
     summaries = experiment()
     run = next(r for r in summaries["n50"]["runs"] if r["arm"] == "rooted8" and r["seed"] == 2)
