@@ -14,8 +14,9 @@
 # Usage: bash experiments/scarce-dogs/run.sh                  (all stages; a stopped one continues where it was)
 #        STAGES="n300 n100" bash experiments/scarce-dogs/run.sh  (some stages)
 #        DEVICE=cuda JOBS=8 bash experiments/scarce-dogs/run.sh  (a GPU: 8 runs at a time on it)
-# Outputs: experiments/scarce-dogs/<stage>/ (summary.md/json, metrics.png, grid-*.png, nn-*.png), the cross-stage
-# report (report.md/json, scarce.png) and run.log.txt; the run directories stay in $OUT (not committed).
+# Outputs: experiments/scarce-dogs/<stage>/ (summary.md/json, metrics.png, grid-*.png, nn-*.png, d-loss-peaks.md,
+# logs/ with every run's log) and the cross-stage report (report.md/json, scarce.png); the run directories stay in
+# $OUT (not committed). Redirect the console to logs/run-N-DATE.txt to keep it.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 PY=.venv/bin/python
@@ -46,6 +47,9 @@ for stage in $STAGES; do
         --outdir "$OUT/$stage" --device "$DEVICE" --jobs "$JOBS" --continue
     mkdir -p "$EXP/$stage"
     cp "$OUT/$stage"/{summary.md,summary.json,metrics.png} "$OUT/$stage"/grid-*.png "$OUT/$stage"/nn-*.png "$EXP/$stage/"
+    mkdir -p "$EXP/$stage/logs"
+    cp "$OUT/$stage"/logs/*.log "$EXP/$stage/logs/"
+    OUT="$OUT" $PY "$EXP/d_loss_peaks.py" "$stage"
 done
 
 # The cross-stage report: paired differences against logistic by training-set size, FID and recall against k.
