@@ -3,9 +3,11 @@ processes (`--gpus N`), or the processes `torchrun` started (its RANK/WORLD_SIZE
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import tempfile
+from collections.abc import Iterator
 
 import torch
 
@@ -43,18 +45,29 @@ def _backend(device: str) -> str:
     return "nccl" if device.startswith("cuda") else "gloo"
 
 
+@contextlib.contextmanager
+def _process_group(device: str, **init_kwargs) -> Iterator[None]:
+    """torch.distributed set up for the block and torn down after it. On success every rank first meets at a barrier:
+    a rank that tore its connections down while a peer still had its last collective's data in flight aborted the
+    process now and then ("terminate called without an active exception"). After a failure the launcher (spawn or
+    torchrun) ends the other ranks, so no rank waits there for a peer that is gone."""
+    torch.distributed.init_process_group(backend=_backend(device), **init_kwargs)
+    try:
+        yield
+        torch.distributed.barrier()
+    finally:
+        torch.distributed.destroy_process_group()
+
+
 def _spawned_worker(rank: int, run_dir: str, options: dict, init_file: str, loop_kwargs: dict) -> dict:
     """Entry point of one `--gpus N` process; returns this rank's final training state (see training_loop)."""
     if options["device"] == "cuda":
         torch.cuda.set_device(rank)
     else:  # CPU ranks share the cores instead of each starting one thread per core
         torch.set_num_threads(max(1, torch.get_num_threads() // options["num_gpus"]))
-    torch.distributed.init_process_group(backend=_backend(options["device"]), init_method=f"file://{init_file}",
-                                         rank=rank, world_size=options["num_gpus"])
-    try:
+    with _process_group(options["device"], init_method=f"file://{init_file}", rank=rank,
+                        world_size=options["num_gpus"]):
         return training_loop(run_dir=run_dir, rank=rank, **options, **loop_kwargs)
-    finally:
-        torch.distributed.destroy_process_group()
 
 
 def _check_stopped(state: dict, run_dir: str) -> None:
@@ -81,17 +94,13 @@ def launch_training(run_desc: str, options: dict, outdir: str, **loop_kwargs) ->
                              f"{options['num_gpus']}; pass --gpus {env['world_size']} (or leave it out)")
         if options["device"] == "cuda":
             torch.cuda.set_device(env["local_rank"])
-        torch.distributed.init_process_group(backend=_backend(options["device"]), init_method="env://",
-                                             rank=env["rank"], world_size=env["world_size"])
-        try:
+        with _process_group(options["device"], init_method="env://", rank=env["rank"], world_size=env["world_size"]):
             holder = [prepare_run_dir(outdir, run_desc, options) if env["rank"] == 0 else None]
             torch.distributed.broadcast_object_list(holder, src=0)
             state = training_loop(run_dir=holder[0], rank=env["rank"], local_rank=env["local_rank"], **options,
                                   **loop_kwargs)
-            _check_stopped(state, holder[0])
-            return holder[0]
-        finally:
-            torch.distributed.destroy_process_group()
+        _check_stopped(state, holder[0])
+        return holder[0]
 
     run_dir = prepare_run_dir(outdir, run_desc, options)
     if options["num_gpus"] == 1:
