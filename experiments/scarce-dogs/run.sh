@@ -24,7 +24,8 @@ EXP=experiments/scarce-dogs
 OUT="${OUT:-$EXP/out}"
 DEVICE="${DEVICE:-cpu}"
 JOBS="${JOBS:-2}"
-STAGES="${STAGES-n300 n100 n50 n300-k32 n100-rooted8-da}"  # STAGES= (empty): only the data
+ALL_STAGES="n300 n100 n50 n300-k32 n100-rooted8-da"
+STAGES="${STAGES-$ALL_STAGES}"  # STAGES= (empty): only the data
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-2}"
 
 declare -A DATA=([n300]=dogs300 [n100]=dogs100 [n50]=dogs50 [n300-k32]=dogs300 [n100-rooted8-da]=dogs100)
@@ -45,12 +46,12 @@ for stage in $STAGES; do
         --metrics fid50k_full,kid50k_full,pr50k3_inception,mem50k_inception --metrics-num 300 \
         --batch 32 --mirror 1 --aug ada --gamma 0.1 --glr 0.001 --dlr 0.001 --ema-kimg 2 --workers 1 \
         --outdir "$OUT/$stage" --device "$DEVICE" --jobs "$JOBS" --continue
-    mkdir -p "$EXP/$stage"
-    cp "$OUT/$stage"/{summary.md,summary.json,metrics.png} "$OUT/$stage"/grid-*.png "$OUT/$stage"/nn-*.png "$EXP/$stage/"
     mkdir -p "$EXP/$stage/logs"
+    cp "$OUT/$stage"/{summary.md,summary.json,metrics.png} "$OUT/$stage"/grid-*.png "$OUT/$stage"/nn-*.png "$EXP/$stage/"
     cp "$OUT/$stage"/logs/*.log "$EXP/$stage/logs/"
     OUT="$OUT" $PY "$EXP/d_loss_peaks.py" "$stage"
 done
 
 # The cross-stage report: paired differences against logistic by training-set size, FID and recall against k.
-$PY scripts/scarce_report.py --missing-ok "$EXP"/{n300,n100,n50,n300-k32,n100-rooted8-da}/summary.json --outdir "$EXP"
+summaries=(); for stage in $ALL_STAGES; do summaries+=("$EXP/$stage/summary.json"); done
+$PY scripts/scarce_report.py --missing-ok "${summaries[@]}" --outdir "$EXP"
